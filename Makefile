@@ -1,10 +1,12 @@
 # retrofit: install, demo, test, lint, bench.
-# TORCH picks the torch build. Default: the CPU build (a local wheel on our machines).
-# GPU users: `make install TORCH=` keeps the torch already importable by $(PYTHON),
-# or e.g. `make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+# TORCH picks the torch build. Default: the pin in constraints.txt (the CPU build on our machines).
+# GPU users: `make install TORCH=` keeps the torch already importable by $(PYTHON) (the venv sees
+# the system site-packages), or e.g.
+# `make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+# Whatever torch ends up in the venv is then pinned for every later install step.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+TORCH ?= $(shell grep -m1 '^torch' constraints.txt)
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
