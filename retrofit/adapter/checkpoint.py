@@ -1,0 +1,124 @@
+"""Checkpoint file handling: atomic directory writes, strict key checks, Hub resolution."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrofit.checkpoint_io import BACKBONE_FILE_PATTERNS, is_hub_id, resolve_checkpoint
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden staging directory next to ``target``; on success it becomes ``target``.
+
+    The staging directory lives in the same parent (same filesystem, so renames are atomic). On
+    success an existing ``target`` is renamed away, the staging directory renamed to ``target``
+    and the old one removed; if the second rename fails the old checkpoint is put back. On any
+    exception inside the block the staging directory is deleted and ``target`` is untouched.
+    """
+    target = Path(target).absolute()
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(
+            f"cannot save a checkpoint to {target}: it exists and is not a directory"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp creates 0700; a checkpoint is an ordinary readable directory
+    try:
+        yield staging
+        _fsync_tree(staging)
+        if target.exists():
+            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, retired)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(retired, target)
+                raise
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush the files of ``directory`` to disk before it is renamed into place."""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def check_state_dict_keys(
+    expected: Mapping[str, Any] | set[str], found: Mapping[str, torch.Tensor], *, what: str
+) -> None:
+    """Raise ValueError listing missing, unexpected and (when shapes are known) mis-shaped keys.
+
+    Args:
+        expected: expected keys, or a key -> tensor mapping (then shapes are compared too).
+        found: the tensors read from disk (or given by the caller).
+        what: names the source in the message.
+    """
+    expected_keys = set(expected)
+    missing = sorted(expected_keys - set(found))
+    unexpected = sorted(set(found) - expected_keys)
+    mismatched = []
+    if isinstance(expected, Mapping):
+        for key in sorted(expected_keys & set(found)):
+            want = getattr(expected[key], "shape", None)
+            if want is not None and tuple(want) != tuple(found[key].shape):
+                mismatched.append(f"{key}: expected {tuple(want)}, found {tuple(found[key].shape)}")
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:20]) + (
+                    f", ... ({len(keys)} in all)" if len(keys) > 20 else ""
+                )
+                parts.append(f"{label}: {shown}")
+        raise ValueError(
+            f"{what} does not match the model ({'; '.join(parts)}). The checkpoint was written for "
+            "a different model/spec or was modified; loading is strict."
+        )
+
+
+def resolve_checkpoint_dir(checkpoint: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local checkpoint directory, or the local snapshot of a Hub repository (whole repo).
+
+    Delegates to :func:`retrofit.checkpoint_io.resolve_checkpoint` (a local directory wins over a
+    Hub id of the same spelling; Hub errors become actionable FileNotFoundError/ConnectionError).
+    """
+    return resolve_checkpoint(checkpoint, revision)
+
+
+def resolve_backbone_dir(
+    name_or_path: str | os.PathLike, revision: str | None = None
+) -> tuple[Path, str | None]:
+    """(local directory, Hub commit hash or None) of a base model given as a path or Hub id.
+
+    Only the files a backbone needs are fetched (``BACKBONE_FILE_PATTERNS``). The commit hash of
+    a Hub snapshot is its folder name, recorded so a checkpoint pins the exact base weights.
+    """
+    if is_hub_id(name_or_path):
+        directory = resolve_checkpoint(
+            name_or_path, revision, allow_patterns=BACKBONE_FILE_PATTERNS
+        )
+        commit = directory.name if re.fullmatch(r"[0-9a-f]{40}", directory.name) else None
+        return directory, commit
+    return resolve_checkpoint(name_or_path, revision), None
