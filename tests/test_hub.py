@@ -253,6 +253,11 @@ def test_training_checkpoint_to_branch_and_cli_push(hub, run_dir, capsys):
 def test_push_model_saves_a_live_model_and_pushes_it(hub, run_dir):
     model = FlexMDM.from_pretrained(run_dir / "checkpoint-20")
     push_model(model, f"{USER}/from-live-model", verify=False)
+    model.push_to_hub(f"{USER}/from-push-to-hub", verify=False)
+    via_method = hub.state.files(f"{USER}/from-push-to-hub")
+    via_function = hub.state.files(f"{USER}/from-live-model")
+    assert set(via_method) == set(via_function)
+    assert via_method["adapter_model.safetensors"] == via_function["adapter_model.safetensors"]
     files = hub.state.files(f"{USER}/from-live-model")
     assert set(files) == ADAPTER_FILES | {"README.md", ".gitattributes"}
     assert files["adapter_model.safetensors"] == (run_dir / "checkpoint-20" / "adapter_model.safetensors").read_bytes()
