@@ -528,9 +528,17 @@ def flexmdm_generate(
             "mask/pad token ids unknown: the model config has no mask_token_id/pad_token_id; "
             "pass mask_token_id= and pad_token_id="
         )
-    max_length = _config_value(model, "max_length", max_length)
+    model_max_length = _config_value(model, "max_length", None)
+    max_length = model_max_length if max_length is None else max_length
     if max_length is None:
         raise ValueError("max_length unknown: the model config has none; pass max_length=")
+    if model_max_length is not None and max_length > model_max_length:
+        # Checked up front: the model itself refuses longer inputs, which would otherwise fail
+        # partway through a run as soon as one row grows past its limit.
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's max_length={model_max_length}: "
+            "lower it, or retrofit with a larger max_length"
+        )
     forbidden = {int(mask_id)} | (
         {int(pad_id)} if forbid_token_ids is None else {int(i) for i in forbid_token_ids}
     )

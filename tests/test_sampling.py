@@ -334,6 +334,8 @@ def test_flexmdm_bad_inputs():
         flexmdm_generate(model, [], progress=False)
     with pytest.raises(ValueError, match="max_length"):
         flexmdm_generate(model, [list(range(9))], progress=False)
+    with pytest.raises(ValueError, match="exceeds the model's max_length=8"):
+        flexmdm_generate(model, [[1]], max_length=9, progress=False)
     with pytest.raises(ValueError, match="steps"):
         flexmdm_generate(model, [[1]], steps=0, progress=False)
     with pytest.raises(ValueError, match="unknown confidence"):
