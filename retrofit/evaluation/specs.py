@@ -1,0 +1,128 @@
+"""Benchmark specs (`eval/*.yaml`): data source + prompt + generation settings + extraction + metric.
+
+A spec is declarative, the way lm-evaluation-harness keeps tasks: adding a benchmark variant is adding
+a YAML file. Fields:
+
+    name: gsm8k                      # result identity
+    task: gsm8k | humaneval_infill | lengths
+    data: {...}                      # where tasks come from (task-specific keys, see below)
+    prompt: {...}                    # how a task becomes model input
+    generation:                      # sampler keyword arguments per checkpoint kind
+      batch_size: 8
+      flexmdm: {steps: 256, confidence: prob_diff, ...}   # retrofit.sampling.flexmdm_generate
+      mdm: {gen_length: 256, block_length: 32, ...}       # retrofit.sampling.mdm_generate
+    extraction: {...}                # answer extraction / completion normalisation
+    metric: {primary: strict_accuracy, interval: wilson}
+    sandbox: {timeout_s: 3.0}        # code benchmarks only
+
+Task-specific data keys: gsm8k: `hub`, `config`, `split`, `file` (the file name to look for when
+`--data` is a folder). humaneval_infill: `variant`. lengths: `source` (the task whose data/prompt it
+reuses: gsm8k or humaneval_infill, with that task's data keys).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS = ("gsm8k", "humaneval_infill", "lengths")
+KINDS = ("flexmdm", "mdm")
+
+
+def builtin_spec_dir() -> Path:
+    """The repository's `eval/` folder (specs shipped with retrofit)."""
+    return Path(__file__).resolve().parents[2] / "eval"
+
+
+@dataclass
+class EvalSpec:
+    """A parsed benchmark spec (see the module docstring for the YAML layout)."""
+
+    name: str
+    task: str
+    data: dict[str, Any] = field(default_factory=dict)
+    prompt: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    extraction: dict[str, Any] = field(default_factory=dict)
+    metric: dict[str, Any] = field(default_factory=dict)
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"spec {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "lengths" and self.data.get("source") not in ("gsm8k", "humaneval_infill"):
+            raise ValueError(f"spec {self.name!r}: a lengths spec needs data.source: gsm8k or "
+                             f"humaneval_infill, got {self.data.get('source')!r}")
+        for kind in KINDS:
+            settings = self.generation.get(kind, {})
+            if not isinstance(settings, dict):
+                raise ValueError(f"spec {self.name!r}: generation.{kind} must be a mapping of "  # noqa: TRY004
+                                 f"sampler arguments, got {settings!r}")
+
+    @property
+    def source_task(self) -> str:
+        """The task that provides data and prompts (a lengths spec borrows another task's)."""
+        return self.data["source"] if self.task == "lengths" else self.task
+
+    def generation_settings(self, kind: str) -> dict[str, Any]:
+        """Sampler keyword arguments for a checkpoint kind ("flexmdm" or "mdm")."""
+        if kind not in KINDS:
+            raise ValueError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
+        return copy.deepcopy(self.generation.get(kind, {}))
+
+    @property
+    def batch_size(self) -> int:
+        """Prompts per generation batch (`generation.batch_size`, default 8)."""
+        return int(self.generation.get("batch_size", 8))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain dict (recorded in result files)."""
+        return {
+            "name": self.name, "task": self.task, "data": self.data, "prompt": self.prompt,
+            "generation": self.generation, "extraction": self.extraction, "metric": self.metric,
+            "sandbox": self.sandbox, "path": self.path,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: str | None = None) -> EvalSpec:
+        """Build from parsed YAML; unknown top-level keys are an error (typos fail loudly)."""
+        known = {"name", "task", "data", "prompt", "generation", "extraction", "metric", "sandbox"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"spec {path or raw.get('name')}: unknown keys {unknown}; "
+                             f"allowed: {sorted(known)}")
+        if "name" not in raw or "task" not in raw:
+            raise ValueError(f"spec {path}: needs at least `name` and `task`")
+        values = {key: raw[key] if raw.get(key) is not None else {} for key in known - {"name", "task"}}
+        return cls(name=str(raw["name"]), task=str(raw["task"]), path=path, **values)
+
+
+def load_spec(spec: str | Path | dict[str, Any] | EvalSpec) -> EvalSpec:
+    """Load a spec from a YAML path, a builtin name ("gsm8k", "humaneval-infill-single-line"), a
+    dict, or return an EvalSpec unchanged."""
+    if isinstance(spec, EvalSpec):
+        return spec
+    if isinstance(spec, dict):
+        return EvalSpec.from_dict(spec)
+    import yaml
+
+    path = Path(spec)
+    if not path.is_file():
+        candidate = builtin_spec_dir() / f"{spec}.yaml"
+        if candidate.is_file():
+            path = candidate
+        else:
+            available = sorted(p.stem for p in builtin_spec_dir().glob("*.yaml"))
+            raise FileNotFoundError(f"no benchmark spec {spec!r}: not a file, and not one of the "
+                                    f"builtin specs {available}")
+    with path.open(encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a spec must be a YAML mapping")  # noqa: TRY004 - file content
+    return EvalSpec.from_dict(raw, path=str(path))
+
+
+__all__ = ["KINDS", "TASKS", "EvalSpec", "builtin_spec_dir", "load_spec"]
