@@ -19,7 +19,7 @@ tokenised with the model's own tokenizer:
     when the tokenizer has one). Row = prompt ids + response ids (+ EOS); the prompt ids are
     ``protected`` (never noised, never part of the loss). ``gsm8k`` builds the prompt with
     ``format_gsm8k_prompt(question)`` (zero-shot step-by-step reasoning, ``\\boxed{}`` answer) and
-    the target with ``format_gsm8k_target(answer)`` from ``retrofit.evaluation.gsm8k`` so that
+    the target with ``format_gsm8k_target(answer)`` from ``retrofit.prompts`` so that
     training and evaluation share one template. ``sft`` reads ``prompt``/``response`` columns or
     a chat ``messages`` column (set ``fields={"messages": "messages"}``).
 
@@ -684,7 +684,7 @@ def build_infill_example(
 
 def _gsm8k_templates() -> tuple[Callable[[str], str], Callable[[str], str]]:
     """The GSM8K prompt/target formatters shared with the GSM8K evaluation."""
-    from retrofit.evaluation.gsm8k import format_gsm8k_prompt, format_gsm8k_target
+    from retrofit.prompts import format_gsm8k_prompt, format_gsm8k_target
 
     return format_gsm8k_prompt, format_gsm8k_target
 
