@@ -109,6 +109,7 @@ __all__ = [
     "build_dataset",
     "build_infill_example",
     "choose_infill_span",
+    "encode_infill_prompt",
     "encode_prompt",
     "encode_text",
     "load_records",
@@ -658,7 +659,8 @@ def build_infill_example(
         example["middle_end"] = len(prompt_ids) + len(middle_ids)
         return example
     start_marker, end_marker = markers
-    prompt_ids = encode_prompt(tokenizer, instruction, chat_template=chat_template)
+    # No instruction (e.g. HumanEval infilling) -> no chat turn around nothing.
+    prompt_ids = encode_prompt(tokenizer, instruction, chat_template=chat_template) if instruction else []
     left = prompt_ids + encode_text(tokenizer, prefix) + encode_text(tokenizer, start_marker)
     middle_ids = encode_text(tokenizer, middle)
     right = (
@@ -675,6 +677,32 @@ def build_infill_example(
     example["middle_start"] = len(left)
     example["middle_end"] = len(left) + len(middle_ids)
     return example
+
+
+def encode_infill_prompt(
+    tokenizer: Any,
+    instruction: str,
+    prefix: str,
+    suffix: str,
+    *,
+    objective: str = "flexmdm",
+    markers: Sequence[str] = DEFAULT_INFILL_MARKERS,
+    psm_template: str = DEFAULT_PSM_TEMPLATE,
+    chat_template: str | bool | None = "auto",
+    eos_token_id: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Sampler inputs for infilling in exactly the training layout of :func:`build_infill_example`.
+
+    Returns ``(left, right)`` token ids: for ``flexmdm`` the sampler inserts the middle between them
+    (``right`` = END marker + suffix (+ EOS)); for ``mdm`` ``left`` is the PSM prompt the baseline
+    generates after, and ``right`` is empty.
+    """
+    example = build_infill_example(
+        tokenizer, instruction, prefix, "", suffix, objective=objective, markers=markers,
+        psm_template=psm_template, chat_template=chat_template, eos_token_id=eos_token_id,
+    )
+    ids, cut = example["input_ids"], example["middle_start"]
+    return ids[:cut], (ids[cut:] if objective == "flexmdm" else [])
 
 
 # --------------------------------------------------------------------------------------------

@@ -229,31 +229,22 @@ class ModelGenerator:
         return len(encode_text(self.tokenizer, text))
 
     def _encode(self, tasks: Sequence[EvalTask]) -> tuple[list[list[int]], list[list[int]] | None]:
-        from retrofit.data import (
-            DEFAULT_INFILL_MARKERS,
-            DEFAULT_PSM_TEMPLATE,
-            encode_prompt,
-            encode_text,
-        )
+        from retrofit.data import DEFAULT_INFILL_MARKERS, encode_infill_prompt, encode_prompt
 
         if tasks[0].kind == "chat":
             return [encode_prompt(self.tokenizer, t.prompt, chat_template=self.chat_template)
                     for t in tasks], None
-        if self.kind == "mdm":
-            return [encode_prompt(self.tokenizer, DEFAULT_PSM_TEMPLATE.format(
-                instruction=t.prompt or "", prefix=t.prefix, suffix=t.suffix),
-                chat_template=self.chat_template) for t in tasks], None
-        start, end = self.spec.prompt.get("infill_markers") or DEFAULT_INFILL_MARKERS
-        eos = [self.model.config.eos_token_id] if self.model.config.eos_token_id is not None else []
-        prefixes, suffixes = [], []
-        for task in tasks:
-            instruction = (encode_prompt(self.tokenizer, task.prompt, chat_template=self.chat_template)
-                           if task.prompt else [])
-            prefixes.append(instruction + encode_text(self.tokenizer, task.prefix)
-                            + encode_text(self.tokenizer, start))
-            suffixes.append(encode_text(self.tokenizer, end) + encode_text(self.tokenizer, task.suffix)
-                            + eos)
-        return prefixes, suffixes
+        markers = self.spec.prompt.get("infill_markers") or DEFAULT_INFILL_MARKERS
+        pairs = [
+            encode_infill_prompt(
+                self.tokenizer, task.prompt or "", task.prefix, task.suffix, objective=self.kind,
+                markers=markers, chat_template=self.chat_template,
+                eos_token_id=self.model.config.eos_token_id,
+            )
+            for task in tasks
+        ]
+        prompts = [left for left, _ in pairs]
+        return prompts, (None if self.kind == "mdm" else [right for _, right in pairs])
 
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
         import torch

@@ -167,36 +167,21 @@ def load_tokenizer(model: Any, args: argparse.Namespace) -> Any:
 
 def _encode(records, tokenizer, model, args) -> tuple[list[list[int]], list[list[int]] | None]:
     """Token ids of the prompts (and infilling suffixes) in the training layouts."""
-    from retrofit.data import (
-        DEFAULT_INFILL_MARKERS,
-        DEFAULT_PSM_TEMPLATE,
-        encode_prompt,
-        encode_text,
-    )
+    from retrofit.data import DEFAULT_INFILL_MARKERS, encode_infill_prompt, encode_prompt
 
-    eos = [model.config.eos_token_id] if model.config.eos_token_id is not None else []
     if records[0]["prefix"] is None:
         return [encode_prompt(tokenizer, r["prompt"], chat_template=args.chat_template)
                 for r in records], None
-    if model.kind == "mdm":
-        prompts = []
-        for record in records:
-            text = DEFAULT_PSM_TEMPLATE.format(
-                instruction=record["prompt"] or "", prefix=record["prefix"], suffix=record["suffix"]
-            )
-            prompts.append(encode_prompt(tokenizer, text, chat_template=args.chat_template))
-        return prompts, None
-    start, end = args.infill_markers or DEFAULT_INFILL_MARKERS
-    prefixes, suffixes = [], []
-    for record in records:
-        instruction = (
-            encode_prompt(tokenizer, record["prompt"], chat_template=args.chat_template)
-            if record["prompt"] else []
+    pairs = [
+        encode_infill_prompt(
+            tokenizer, record["prompt"] or "", record["prefix"], record["suffix"],
+            objective=model.kind, markers=args.infill_markers or DEFAULT_INFILL_MARKERS,
+            chat_template=args.chat_template, eos_token_id=model.config.eos_token_id,
         )
-        prefixes.append(instruction + encode_text(tokenizer, record["prefix"])
-                        + encode_text(tokenizer, start))
-        suffixes.append(encode_text(tokenizer, end) + encode_text(tokenizer, record["suffix"]) + eos)
-    return prefixes, suffixes
+        for record in records
+    ]
+    prompts = [left for left, _ in pairs]
+    return prompts, (None if model.kind == "mdm" else [right for _, right in pairs])
 
 
 def cli_main(argv: list[str] | None = None) -> int:
