@@ -1,0 +1,627 @@
+"""Typed training recipes: nested dataclasses loaded from YAML, validated, with command-line overrides.
+
+A recipe (``recipes/<model>/<stage>.yaml``) is a YAML mapping whose sections mirror the dataclasses
+below (``model``, ``data``, ``objective``, ``optimizer``, ``scheduler``, ``training``,
+``checkpoint``, ``logging``) plus a few top-level keys (``output_dir``, ``push_to_hub``, ...).
+Loading is strict: an unknown key is an error (with a did-you-mean), a value of the wrong type is an
+error naming the dotted key, and a path that must exist (a local base model, an adapter spec file,
+local data files, an explicit resume checkpoint) is checked before any model is built.
+
+Overrides from the command line are ``dotted.key=value`` strings whose value is parsed as a YAML
+scalar (``training.max_steps=10``, ``optimizer.lr=3e-5``, ``logging.report_to=[tensorboard]``,
+``checkpoint.resume=latest``, ``model.revision=null``).
+
+A recipe may start with ``extends: other.yaml`` (a path relative to the recipe file): the other
+recipe is loaded first and this one's keys are merged over it, section by section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "LoggingConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "parse_overrides",
+    "to_dict",
+]
+
+# The base-model value that builds a small random LLaDA on the fly (tests, CPU demos: no download).
+TINY_RANDOM = "tiny-random"
+PARAMETER_GROUPS = ("lora", "new", "backbone")
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the dotted key and how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe schema
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to retrofit and how.
+
+    ``base`` is a Hub id, a local directory, or ``tiny-random`` (a random tiny LLaDA built from
+    ``tiny`` overrides of ``retrofit.models.tiny_llada_config``). ``adapter`` is an adapter spec name
+    (``adapters/<name>.yaml``) or a path to one; ``adapter_overrides`` replace fields of that spec
+    (e.g. ``{lora: null, full_finetune: true}`` for full fine-tuning). The model kind (flexmdm /
+    mdm) follows ``objective.name``. ``init_from`` starts from a saved retrofit checkpoint instead
+    (e.g. stage 2 from stage 1's ``output_dir/final``); its LoRA and new modules keep training.
+    """
+
+    base: str = "GSAI-ML/LLaDA-8B-Base"
+    revision: str | None = None
+    init_from: str | None = None
+    adapter: str = "llada"
+    adapter_overrides: dict[str, Any] = field(default_factory=dict)
+    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    tiny: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    """The tokenizer. ``name`` defaults to ``model.init_from`` or ``model.base``; ``char`` builds a character tokenizer
+    (what ``tiny-random`` bases use) from ``alphabet`` (default: printable ASCII)."""
+
+    name: str | None = None
+    revision: str | None = None
+    alphabet: str | None = None
+
+
+@dataclass
+class ObjectiveConfig:
+    """Training objective: ``flexmdm`` (insertion + unmasking, spec section 3) or ``mdm`` (the
+    LLaDA SFT baseline). ``normalizer`` divides the FlexMDM loss by the number of tokens in the
+    batch (``tokens``) or by ``micro_batch_size * fixed_length`` (``fixed``, the research code's
+    choice; it makes the loss of a global batch independent of how it is split across ranks)."""
+
+    name: Literal["flexmdm", "mdm"] = "flexmdm"
+    normalizer: Literal["tokens", "fixed"] = "fixed"
+    fixed_length: int = 1024
+    stratified_times: bool = True
+    time_eps: float = 1e-3
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW over parameter groups ``lora`` / ``new`` (time conditioning + insertion head) /
+    ``backbone`` (full fine-tuning). Each group's lr is ``lr * lr_multipliers[group]``; weight decay
+    is never applied to norms, biases or embeddings of the time MLP's norm layers."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class SchedulerConfig:
+    """Linear warmup then a single half-cosine decay to ``min_lr_ratio * lr`` at ``max_steps``.
+    ``warmup_steps`` (if set) wins over ``warmup_ratio``."""
+
+    warmup_ratio: float = 0.05
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainingConfig:
+    """Loop sizes and numerics. ``micro_batch_size`` is per process; the global batch is
+    ``micro_batch_size * gradient_accumulation_steps * world_size`` sequences.
+
+    Batches are dynamic-length (x_t trimmed to its longest row); ``length_bucketing = k > 1`` sorts
+    k batches' worth of examples by length and cuts them into k batches of similar lengths;
+    ``pad_to_max_length`` pads every batch to ``data.max_length`` instead (the research code's
+    fixed buffer; for comparisons only). ``mixed_precision: bf16`` autocasts the forward pass
+    while the trainable weights (and their optimizer states) stay fp32."""
+
+    max_steps: int = 1000
+    micro_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    length_bucketing: int = 1
+    pad_to_max_length: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    """Every ``save_every`` optimizer steps write ``output_dir/checkpoint-<step>`` (adapter weights,
+    accelerate state, data position), keeping the last ``keep_last``. ``resume`` is ``latest`` (the
+    newest complete checkpoint in ``output_dir``, or a fresh start if none) or a checkpoint path."""
+
+    save_every: int = 1000
+    keep_last: int = 3
+    resume: str | None = None
+    save_final: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics go to ``output_dir/metrics.jsonl`` always; ``report_to`` adds tensorboard / wandb."""
+
+    log_every: int = 10
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    project: str = "retrofit"
+    run_name: str | None = None
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """A whole training recipe. ``data`` is a ``retrofit.data.DataConfig`` (validated with the same
+    rules when the recipe is loaded)."""
+
+    output_dir: str = "outputs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: Any = None
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    push_to_hub: bool = False
+    hub_repo_id: str | None = None
+    hub_private: bool = False
+    description: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic typed loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    """A readable name for a type annotation (for error messages)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _did_you_mean(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = f" did you mean {close[0]!r}?" if close else ""
+    return f"{hint} Valid keys: {', '.join(sorted(valid))}."
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently coerce) ``value`` against the annotation ``tp``; raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(
+            f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})."
+        )
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}.{hint}"
+            )
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{where}: expected a mapping (section {tp.__name__}), got {value!r}."
+            )
+        return from_dict(tp, value, prefix=where)
+    if origin in (list, Sequence, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list ({_type_name(tp)}), got {value!r}.")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        return [_coerce(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping ({_type_name(tp)}), got {value!r}.")
+        args = typing.get_args(tp)
+        value_tp = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{where}: expected true/false, got {value!r} ({type(value).__name__})."
+            )
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                f"{where}: expected an integer, got {value!r} ({type(value).__name__})."
+            )
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}.")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r} ({type(value).__name__}).")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{where}: expected a string, got {value!r} ({type(value).__name__}); quote it in YAML."
+            )
+        return value
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}.")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any], *, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly: unknown keys, wrong types and missing
+    required fields raise ConfigError naming the dotted key (``prefix.key``)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key.{_did_you_mean(str(key), list(fields))}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        where = prefix or "recipe"
+        raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}.")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # a dataclass's own __post_init__ validation
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{prefix or 'recipe'}: {err}") from err
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML/JSON-serialisable Python (for saving the resolved recipe)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """Parse ``["training.max_steps=10", ...]`` into ``[(["training", "max_steps"], 10), ...]``.
+
+    Values are YAML scalars (or flow collections): ``10`` -> int, ``3e-5`` -> float, ``true`` ->
+    bool, ``null`` -> None, ``[a, b]`` -> list. A bare ``--key=value`` is accepted too.
+    """
+    parsed = []
+    for item in items:
+        text = item.removeprefix("--")
+        if "=" not in text:
+            raise ConfigError(
+                f"override {item!r}: expected dotted.key=value (e.g. training.max_steps=10)."
+            )
+        key, raw = text.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if not key.strip() or any(not p for p in parts):
+            raise ConfigError(f"override {item!r}: empty key segment in {key!r}.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err}).") from err
+        parsed.append((parts, value))
+    return parsed
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Sequence[tuple[list[str], Any]]
+) -> dict[str, Any]:
+    """Set each dotted key in the raw recipe mapping (creating sections as needed); returns ``raw``."""
+    for parts, value in overrides:
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                dotted = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    f"override {'.'.join(parts)}: {dotted} is {child!r}, not a section."
+                )
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe mapping, following ``extends`` (relative to the file)."""
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} does not exist (looked in {Path.cwd()}).")
+    if path.resolve() in seen:
+        raise ConfigError(
+            f"recipe {str(path)!r}: `extends` cycle through {[str(p) for p in seen]}."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"recipe {str(path)!r}: top level must be a mapping, got {type(raw).__name__}."
+        )
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"recipe {str(path)!r}: `extends` must be a path string.")
+        base = _read_yaml((path.parent / parent), seen + (path.resolve(),))
+        raw = _deep_merge(base, raw)
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation beyond types: cross-field rules and files that must exist
+# ---------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or value.endswith((".yaml", ".yml", ".json"))
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """Range checks that types cannot express."""
+    positive = {
+        "training.max_steps": cfg.training.max_steps,
+        "training.micro_batch_size": cfg.training.micro_batch_size,
+        "training.gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
+        "training.length_bucketing": cfg.training.length_bucketing,
+        "checkpoint.save_every": cfg.checkpoint.save_every,
+        "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "logging.log_every": cfg.logging.log_every,
+        "objective.fixed_length": cfg.objective.fixed_length,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}.")
+    if cfg.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr: must be > 0, got {cfg.optimizer.lr}.")
+    if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
+        raise ConfigError(
+            f"optimizer.betas: expected two numbers in [0, 1), got {cfg.optimizer.betas}."
+        )
+    if cfg.optimizer.weight_decay < 0:
+        raise ConfigError(
+            f"optimizer.weight_decay: must be >= 0, got {cfg.optimizer.weight_decay}."
+        )
+    if cfg.optimizer.max_grad_norm is not None and cfg.optimizer.max_grad_norm <= 0:
+        raise ConfigError("optimizer.max_grad_norm: must be > 0 (or null to disable clipping).")
+    for group, mult in cfg.optimizer.lr_multipliers.items():
+        if group not in PARAMETER_GROUPS:
+            raise ConfigError(
+                f"optimizer.lr_multipliers.{group}: unknown parameter group.{_did_you_mean(group, PARAMETER_GROUPS)}"
+            )
+        if mult < 0:
+            raise ConfigError(f"optimizer.lr_multipliers.{group}: must be >= 0, got {mult}.")
+    if not 0 <= cfg.scheduler.warmup_ratio <= 1:
+        raise ConfigError(
+            f"scheduler.warmup_ratio: must be in [0, 1], got {cfg.scheduler.warmup_ratio}."
+        )
+    if cfg.scheduler.warmup_steps is not None and cfg.scheduler.warmup_steps < 0:
+        raise ConfigError("scheduler.warmup_steps: must be >= 0.")
+    if not 0 <= cfg.scheduler.min_lr_ratio <= 1:
+        raise ConfigError(
+            f"scheduler.min_lr_ratio: must be in [0, 1], got {cfg.scheduler.min_lr_ratio}."
+        )
+    if not 0 < cfg.objective.time_eps < 1:
+        raise ConfigError(f"objective.time_eps: must be in (0, 1), got {cfg.objective.time_eps}.")
+    if cfg.push_to_hub and not cfg.hub_repo_id:
+        raise ConfigError(
+            "push_to_hub is true but hub_repo_id is not set (e.g. hub_repo_id=me/llada-flexmdm)."
+        )
+    if cfg.data is None:
+        raise ConfigError(
+            "data: missing section (which dataset to train on); see recipes/tiny/*.yaml."
+        )
+
+
+def resolve_path(value: str, recipe_path: Path | None) -> Path:
+    """A path from a recipe: as given (relative to the current directory) if it exists, else
+    relative to the repository holding the recipe (the parent of its ``recipes/`` folder)."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists() or recipe_path is None:
+        return path
+    for parent in recipe_path.resolve().parents:
+        if parent.name == "recipes":
+            candidate = parent.parent / value
+            if candidate.exists():
+                return candidate
+            break
+    return path
+
+
+def _check_files(cfg: TrainConfig, recipe_path: Path | None) -> None:
+    """Paths that must exist before anything heavy is built."""
+    base = cfg.model.base
+    if base != TINY_RANDOM and (_looks_like_path(base) or os.path.exists(base)):
+        resolved = resolve_path(base, recipe_path)
+        if not resolved.is_dir():
+            raise ConfigError(
+                f"model.base: local path {base!r} does not exist (use a Hub id, an existing "
+                f"directory, or {TINY_RANDOM!r})."
+            )
+        cfg.model.base = str(resolved)
+    adapter = cfg.model.adapter
+    if _looks_like_path(adapter) or os.sep in adapter:
+        resolved = resolve_path(adapter, recipe_path)
+        if not resolved.is_file():
+            raise ConfigError(f"model.adapter: spec file {adapter!r} does not exist.")
+        cfg.model.adapter = str(resolved)
+    init_from = cfg.model.init_from
+    if init_from is not None and (_looks_like_path(init_from) or os.path.exists(init_from)):
+        resolved = resolve_path(init_from, recipe_path)
+        if not resolved.is_dir():
+            raise ConfigError(
+                f"model.init_from: checkpoint directory {init_from!r} does not exist (run the stage "
+                "it comes from first, or override model.init_from=null)."
+            )
+        cfg.model.init_from = str(resolved)
+    tokenizer = cfg.tokenizer.name
+    if tokenizer and tokenizer != "char" and _looks_like_path(tokenizer):
+        resolved = resolve_path(tokenizer, recipe_path)
+        if not resolved.exists():
+            raise ConfigError(f"tokenizer.name: local path {tokenizer!r} does not exist.")
+        cfg.tokenizer.name = str(resolved)
+    resume = cfg.checkpoint.resume
+    if resume not in (None, "latest") and not Path(resume).expanduser().is_dir():
+        raise ConfigError(
+            f"checkpoint.resume: {resume!r} is not a checkpoint directory (use 'latest' or a "
+            "path to output_dir/checkpoint-<step>)."
+        )
+    _check_data_files(cfg, recipe_path)
+
+
+def _check_data_files(cfg: TrainConfig, recipe_path: Path | None) -> None:
+    """Local data files named in the data section must exist (Hub dataset ids are not checked)."""
+    data = cfg.data
+    if not dataclasses.is_dataclass(data):
+        return
+    for f in dataclasses.fields(data):
+        if f.name not in ("data_files", "path", "train_file", "files", "local_files"):
+            continue
+        value = getattr(data, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        resolved_values = []
+        for item in values:
+            if not isinstance(item, str) or not item:
+                resolved_values.append(item)
+                continue
+            is_local = _looks_like_path(item) or item.endswith(
+                (".jsonl", ".json", ".parquet", ".txt", ".csv", ".gz")
+            )
+            if not is_local:
+                resolved_values.append(item)
+                continue
+            resolved = resolve_path(item, recipe_path)
+            if not any(ch in item for ch in "*?[") and not resolved.exists():
+                raise ConfigError(f"data.{f.name}: local file {item!r} does not exist.")
+            resolved_values.append(str(resolved))
+        new_value = resolved_values if isinstance(value, (list, tuple)) else resolved_values[0]
+        setattr(data, f.name, new_value)
+
+
+def _data_config_class() -> type | None:
+    try:
+        from retrofit.data import DataConfig
+    except ImportError:
+        return None
+    return DataConfig
+
+
+def build_config(
+    raw: Mapping[str, Any], *, recipe_path: Path | None = None, check_files: bool = True
+) -> TrainConfig:
+    """Validate a raw recipe mapping into a TrainConfig (types, values, and files)."""
+    raw = dict(raw)
+    data_raw = raw.pop("data", None)
+    cfg = from_dict(TrainConfig, raw)
+    data_cls = _data_config_class()
+    if data_raw is not None and data_cls is not None:
+        cfg.data = _coerce(data_raw, data_cls, "data")
+    else:
+        cfg.data = data_raw
+    _check_values(cfg)
+    if check_files:
+        _check_files(cfg, recipe_path)
+    return cfg
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: Sequence[str] = (), *, check_files: bool = True
+) -> TrainConfig:
+    """Load a recipe YAML, apply ``key=value`` overrides, and validate it.
+
+    Raises ConfigError (a ValueError) naming the offending dotted key on an unknown key (with a
+    did-you-mean), a wrong type, an out-of-range value, or a missing local file.
+    """
+    recipe_path = Path(path)
+    raw = _read_yaml(recipe_path)
+    raw = apply_overrides(raw, parse_overrides(overrides))
+    return build_config(raw, recipe_path=recipe_path, check_files=check_files)

@@ -1,0 +1,339 @@
+"""The training loop on CPU: one step per tiny recipe and objective, overfitting, exact kill-and-resume,
+dynamic-length batches, gradient checkpointing, bf16, the optimizer groups and the lr schedule."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from retrofit.config import ConfigError, load_config
+from retrofit.train import (
+    COMPLETE_MARKER,
+    build_optimizer,
+    cli_main,
+    find_latest_checkpoint,
+    list_checkpoints,
+    lr_factor,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The tiny recipes that need no prepared data (the demo-*.yaml ones read `retrofit demo`'s output).
+TINY = [
+    REPO / "recipes" / "tiny" / f"{name}.yaml"
+    for name in ("flexmdm-gsm8k", "mdm-gsm8k", "flexmdm-pretrain", "flexmdm-infill", "mdm-infill")
+]
+PRETRAIN = REPO / "recipes" / "tiny" / "flexmdm-pretrain.yaml"
+GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
+QUIET = ["logging.progress_bar=false", f"data.path={GSM8K}"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: thread synchronisation costs more than it saves (10-40x on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each run builds its own Accelerator (mixed precision differs between tests)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _run(recipe: Path, output_dir: Path, *overrides: str, stop_after_steps: int | None = None):
+    cfg = load_config(recipe, [f"output_dir={output_dir}", *QUIET, *overrides])
+    return train(cfg, stop_after_steps=stop_after_steps)
+
+
+def _final_weights(directory: Path) -> dict[str, torch.Tensor]:
+    weights = {}
+    for name in ("adapter_model.safetensors", "flexmdm_modules.safetensors"):
+        if (directory / name).is_file():
+            weights.update({f"{name}:{k}": v for k, v in load_file(str(directory / name)).items()})
+    assert weights, f"no weights in {directory}"
+    return weights
+
+
+@pytest.mark.parametrize("recipe", TINY, ids=lambda p: p.stem)
+def test_one_training_step_per_tiny_recipe(recipe: Path, tmp_path: Path) -> None:
+    result = _run(
+        recipe,
+        tmp_path,
+        "training.max_steps=1",
+        "training.micro_batch_size=2",
+        "checkpoint.save_every=1",
+    )
+    assert result.steps == 1 and len(result.losses) == 1
+    assert math.isfinite(result.losses[0]) and result.losses[0] > 0
+    assert result.tokens > 0
+    final = tmp_path / "final"
+    assert (final / "retrofit_config.json").is_file() and (final / "tokenizer.json").is_file()
+    assert (tmp_path / "checkpoint-1" / COMPLETE_MARKER).is_file()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["steps"] == 1 and summary["tokens"] == result.tokens
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]
+    assert {"loss", "unmask_loss", "insert_loss", "lr", "grad_norm", "tokens_per_s"} <= set(
+        records[0]
+    )
+    kind = json.loads((final / "retrofit_config.json").read_text())["kind"]
+    assert kind == load_config(recipe, QUIET).objective.name
+    if recipe.stem == "flexmdm-gsm8k":
+        # The final directory is a complete model: `retrofit generate --model output_dir/final` loads it.
+        from transformers import AutoTokenizer
+
+        from retrofit.adapter import FlexMDM
+
+        model = FlexMDM.from_pretrained(final)
+        tokenizer = AutoTokenizer.from_pretrained(str(final))
+        assert model.kind == "flexmdm" and tokenizer.mask_token_id == model.config.mask_token_id
+
+
+HANDFUL = [
+    "abcdefghijklmnopqrstuvwxyz",
+    "0123456789012345678901234567890123456789",
+    "the cat sat on the mat. the cat sat on the mat.",
+    "xyzxyzxyzxyzxyz",
+]
+
+
+def test_loss_decreases_when_overfitting_a_handful_of_sequences(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from retrofit.adapter import FlexMDM
+    from retrofit.tokenization import resolve_special_ids
+    from retrofit.train import (
+        GlobalBatchStream,
+        build_model,
+        build_tokenizer,
+        flexmdm_micro_batch,
+        noise_generator,
+    )
+
+    text = tmp_path / "handful.txt"
+    text.write_text("\n".join(HANDFUL) + "\n")
+    cfg = load_config(
+        PRETRAIN,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            *QUIET,
+            f"data.path={text}",
+            "data.fields={}",
+            "data.max_length=64",
+            "training.max_steps=60",
+            "training.micro_batch_size=4",
+            "optimizer.lr=3e-3",
+            "scheduler.warmup_steps=2",
+            "objective.normalizer=tokens",
+            "model.adapter_overrides={lora: null, full_finetune: true}",
+            "checkpoint.save_every=1000",
+        ],
+    )
+    train(cfg)
+
+    # The per-step loss is noisy (random t, 1/(1-t) weights): compare the step-0 model and the trained
+    # one on the same 16 fixed noise draws of the four sequences.
+    tokenizer = build_tokenizer(cfg)
+    set_seed(cfg.training.seed)
+    initial = build_model(cfg, tokenizer, Accelerator())  # same seed: the run's step-0 weights
+    trained = FlexMDM.from_pretrained(tmp_path / "run" / "final")
+    special_ids = resolve_special_ids(tokenizer)
+    batch = next(GlobalBatchStream(cfg, tokenizer, len(HANDFUL), special_ids))
+
+    def fixed_noise_loss(model) -> float:
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for draw in range(16):
+                out = flexmdm_micro_batch(
+                    model,
+                    batch,
+                    cfg,
+                    schedules=(model.insertion_schedule, model.unmasking_schedule),
+                    special_ids=special_ids,
+                    generator=noise_generator(999, draw, 0),
+                    rank=0,
+                    world_size=1,
+                    device=torch.device("cpu"),
+                )
+                total += float(out.loss) / 16
+        return total
+
+    before, after = fixed_noise_loss(initial), fixed_noise_loss(trained)
+    assert after < 0.8 * before, f"loss did not drop: {before:.3f} -> {after:.3f}"
+
+
+def test_kill_and_resume_gives_identical_parameters(tmp_path: Path) -> None:
+    # LoRA dropout on, so the restored RNG state matters too.
+    common = [
+        "training.max_steps=4",
+        "training.micro_batch_size=2",
+        "data.max_length=48",
+        "checkpoint.save_every=2",
+        "checkpoint.keep_last=1",
+        "logging.log_every=1",
+        "model.adapter_overrides.lora.dropout=0.2",
+    ]
+    straight = _run(PRETRAIN, tmp_path / "straight", *common)
+    killed = _run(PRETRAIN, tmp_path / "resumed", *common, stop_after_steps=3)
+    # Killed after step 3: the newest complete checkpoint is step 2, no final, and no temp dir left.
+    resumed_dir = tmp_path / "resumed"
+    assert not (resumed_dir / "final").exists()
+    assert find_latest_checkpoint(resumed_dir) == resumed_dir / "checkpoint-2"
+    assert not list(resumed_dir.glob(".tmp-*"))
+    resumed = _run(PRETRAIN, resumed_dir, *common, "checkpoint.resume=latest")
+    assert resumed.resumed_from == resumed_dir / "checkpoint-2"
+    assert killed.losses[:2] + resumed.losses == straight.losses  # the loss curve continues exactly
+    a, b = _final_weights(tmp_path / "straight" / "final"), _final_weights(resumed_dir / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # One continuous metrics curve (the killed run's step 3 was dropped), last K checkpoints kept.
+    steps = [
+        json.loads(line)["step"]
+        for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4]
+    assert [p.name for p in list_checkpoints(resumed_dir)] == ["checkpoint-4"]
+    summary = json.loads((resumed_dir / "train_summary.json").read_text())
+    straight_summary = json.loads((tmp_path / "straight" / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["tokens"] == straight_summary["tokens"]
+
+
+def test_dynamic_length_batches_match_padding_to_max_length(tmp_path: Path) -> None:
+    common = [
+        "training.max_steps=1",
+        "training.micro_batch_size=3",
+        "data.max_length=64",
+        "checkpoint.save_final=false",
+        "checkpoint.save_every=1000",
+    ]
+    dynamic = _run(PRETRAIN, tmp_path / "dynamic", *common)
+    padded = _run(PRETRAIN, tmp_path / "padded", *common, "training.pad_to_max_length=true")
+    assert dynamic.losses[0] == pytest.approx(padded.losses[0], rel=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path) -> None:
+    common = [
+        "training.max_steps=1",
+        "training.micro_batch_size=2",
+        "data.max_length=48",
+        "checkpoint.save_every=1000",
+    ]
+    plain = _run(PRETRAIN, tmp_path / "plain", *common)
+    checkpointed = _run(PRETRAIN, tmp_path / "gc", *common, "training.gradient_checkpointing=true")
+    assert plain.losses == pytest.approx(checkpointed.losses, rel=1e-6)
+    a, b = _final_weights(tmp_path / "plain" / "final"), _final_weights(tmp_path / "gc" / "final")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_mixed_precision_keeps_fp32_master_weights(tmp_path: Path) -> None:
+    result = _run(
+        PRETRAIN,
+        tmp_path,
+        "training.max_steps=2",
+        "training.micro_batch_size=2",
+        "data.max_length=48",
+        "training.mixed_precision=bf16",
+        "model.dtype=bfloat16",
+        "checkpoint.save_every=1000",
+        "training.gradient_accumulation_steps=2",
+    )
+    assert all(math.isfinite(loss) for loss in result.losses)
+    weights = _final_weights(tmp_path / "final")
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values())
+
+
+def test_optimizer_groups_and_weight_decay(tmp_path: Path) -> None:
+    from retrofit.adapter import FlexMDM
+    from retrofit.models import LLaDAModelLM, tiny_llada_config
+
+    cfg = load_config(
+        PRETRAIN,
+        [
+            *QUIET,
+            "optimizer.weight_decay=0.1",
+            "optimizer.lr=1e-3",
+            "optimizer.lr_multipliers={new: 10.0, lora: 0.5}",
+        ],
+    )
+    model = FlexMDM.retrofit(LLaDAModelLM(tiny_llada_config()), "tiny-llada")
+    optimizer, names = build_optimizer(model, cfg)
+    assert set(names) == {"lora", "new", "new/no_decay"}  # LoRA matrices are all 2-D
+    by_name = dict(zip(names, optimizer.param_groups))
+    assert by_name["lora"]["lr"] == pytest.approx(5e-4)
+    assert by_name["new"]["lr"] == pytest.approx(1e-2) and by_name["new"]["weight_decay"] == 0.1
+    assert by_name["new/no_decay"]["weight_decay"] == 0.0
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    for param in by_name["new/no_decay"]["params"]:
+        assert param.ndim < 2 or "norm" in param_names[id(param)]
+    optimized = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert optimized == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_lr_schedule_is_warmup_then_one_half_cosine() -> None:
+    factors = [lr_factor(step, warmup_steps=10, total_steps=110) for step in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[60] == pytest.approx(0.5)
+    assert all(
+        a >= b for a, b in itertools.pairwise(factors[10:])
+    )  # monotone: a single half-cosine
+    assert lr_factor(110, warmup_steps=10, total_steps=110) == pytest.approx(0.0)
+    assert lr_factor(110, warmup_steps=10, total_steps=110, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_cli_reports_an_invalid_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from retrofit.cli import main
+
+    code = main(["train", str(PRETRAIN), "training.max_step=3"])
+    assert code == 2
+    assert "did you mean 'max_steps'" in capsys.readouterr().err
+    assert cli_main([str(PRETRAIN), "--print-config", *QUIET]) == 0
+    assert "max_steps" in capsys.readouterr().out
+    with pytest.raises(ConfigError):
+        load_config(PRETRAIN, ["objective.name=diffusion"])
+
+
+def test_push_to_hub_hands_the_final_checkpoint_to_retrofit_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import retrofit.hub
+
+    calls = []
+    monkeypatch.setattr(
+        retrofit.hub,
+        "push_checkpoint",
+        lambda directory, repo_id, **kwargs: calls.append((directory, repo_id, kwargs)),
+    )
+    _run(
+        PRETRAIN,
+        tmp_path,
+        "training.max_steps=1",
+        "training.micro_batch_size=2",
+        "data.max_length=32",
+        "push_to_hub=true",
+        "hub_repo_id=me/tiny-flexmdm",
+        "checkpoint.save_every=1000",
+    )
+    assert calls == [(str(tmp_path / "final"), "me/tiny-flexmdm", {"private": False})]
+    # The model card reads steps and tokens from the run's summary.
+    assert json.loads((tmp_path / "train_summary.json").read_text())["steps"] == 1
