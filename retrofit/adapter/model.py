@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoConfig, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from retrofit import __version__ as RETROFIT_VERSION
 from retrofit.models import check_backbone_supported
@@ -53,8 +54,9 @@ _ADAPTER_NAME = "default"
 
 
 @dataclass
-class FlexMDMOutput:
-    """Output of :meth:`FlexMDM.forward`.
+class FlexMDMOutput(ModelOutput):
+    """Output of :meth:`FlexMDM.forward` (a transformers ``ModelOutput``, which DeepSpeed's ZeRO-3
+    hooks and accelerate know how to traverse).
 
     Attributes:
         logits: (B, L, V) token logits, or (N, V) at the ``logits_positions`` (row-major order,
@@ -63,7 +65,7 @@ class FlexMDMOutput:
             lengths[b] + 1 slots); None for ``kind: mdm``.
     """
 
-    logits: Tensor
+    logits: Tensor | None = None
     gaps: Tensor | None = None
 
 
