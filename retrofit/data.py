@@ -219,7 +219,9 @@ class DataConfig:
         chat_template: "auto" (use the tokenizer's chat template when it has one) | "always" |
             "never" (plain "User:/Assistant:" format).
         append_eos: append EOS to responses (sft/gsm8k), after the suffix (infill), and to each
-            pretraining document.
+            pretraining document. null (default) = true for the mdm objective and for packed rows,
+            false for flexmdm: a FlexMDM models length by insertion and needs no end marker, and
+            LLaDA's EOS id is also its pad id, which the FlexMDM sampler never emits.
         response_suffix: text appended to each response before EOS (sft/gsm8k/infill), e.g.
             "<|eot_id|>" to close the assistant turn the way LLaDA-8B-Instruct's chat format does.
     Infill:
@@ -252,7 +254,7 @@ class DataConfig:
     long_documents: str = "chunk"
     min_chunk_length: int = 1
     chat_template: str = "auto"
-    append_eos: bool = True
+    append_eos: bool | None = None
     response_suffix: str = ""
     objective: str = "flexmdm"
     infill_span: str = "lines"
@@ -277,8 +279,10 @@ class DataConfig:
             self.path = os.fspath(self.path)
         if not isinstance(self.split, str) or not self.split:
             raise TypeError(f"data.split must be a non-empty string, got {self.split!r}")
-        for name in ("streaming", "shuffle", "pack", "append_eos", "add_marker_tokens"):
+        for name in ("streaming", "shuffle", "pack", "add_marker_tokens"):
             _check_bool(name, getattr(self, name))
+        if self.append_eos is not None:
+            _check_bool("append_eos", self.append_eos)
         _check_int("max_length", self.max_length, 1)
         _check_int("seed", self.seed, 0)
         _check_int("shuffle_buffer", self.shuffle_buffer, 1)
@@ -327,6 +331,13 @@ class DataConfig:
                 f"data.path is required for kind {self.kind!r} (no default dataset): give a Hub "
                 "dataset id or a local json/jsonl/parquet/text file"
             )
+
+    @property
+    def resolved_append_eos(self) -> bool:
+        """Whether examples end with EOS: ``append_eos``, or by default mdm / packed rows only."""
+        if self.append_eos is not None:
+            return self.append_eos
+        return self.objective == "mdm" or self.pack
 
     @property
     def resolved_fields(self) -> dict[str, str]:
@@ -724,8 +735,9 @@ class _RecordProcessor:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.fields = cfg.resolved_fields
-        self.eos = [eos_token_id] if cfg.append_eos and eos_token_id is not None else []
-        if cfg.append_eos and eos_token_id is None:
+        append_eos = cfg.resolved_append_eos
+        self.eos = [eos_token_id] if append_eos and eos_token_id is not None else []
+        if append_eos and eos_token_id is None:
             raise ValueError(
                 "data.append_eos is true but no EOS id is known: give the tokenizer an eos_token "
                 "or pass special_ids, or set data.append_eos: false"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import itertools
 import json
@@ -113,13 +115,21 @@ def decode(tokenizer, ids) -> str:
 # ------------------------------------------------------------------------------ SFT / GSM8K
 
 
-def test_gsm8k_prompt_protected_and_boxed_target(tokenizer, plain_tokenizer, cache_dir):
+@pytest.mark.parametrize(
+    ("objective", "append_eos", "expect_eos"),
+    [("flexmdm", None, False), ("mdm", None, True), ("flexmdm", True, True)],
+)
+def test_gsm8k_prompt_protected_and_boxed_target(
+    tokenizer, plain_tokenizer, cache_dir, objective, append_eos, expect_eos
+):
     records = read_gsm8k(24)
     for tok, opening in (
         (tokenizer, "<|bos|><|start_header_id|>user"),
         (plain_tokenizer, "<|bos|>User: "),
     ):
-        stream = build_dataset(gsm8k_config(cache_dir, max_records=24), tok)
+        cfg = gsm8k_config(cache_dir, max_records=24)
+        cfg = dataclasses.replace(cfg, objective=objective, append_eos=append_eos)
+        stream = build_dataset(cfg, tok)
         examples = list(stream)
         assert stream.stats.seen == 24
         assert len(examples) == stream.stats.kept == 24 - stream.stats.num_skipped > 20
@@ -137,10 +147,11 @@ def test_gsm8k_prompt_protected_and_boxed_target(tokenizer, plain_tokenizer, cac
             prompt_text = decode(tok, ids[:prompt_length])
             assert prompt_text.startswith(opening)
             assert record["question"].strip() in prompt_text
-            # The response is the \boxed{} target followed by EOS, and contains no prompt token run.
+            # The response is the \boxed{} target (followed by EOS by default only for the mdm
+            # objective: a FlexMDM models length by insertion), and contains no prompt token run.
             response = ids[prompt_length:]
-            assert response[-1] == tok.eos_token_id
-            target = decode(tok, response[:-1])
+            assert (response[-1] == tok.eos_token_id) == expect_eos
+            target = decode(tok, response[:-1] if expect_eos else response)
             assert target == format_gsm8k_target(record["answer"])
             final = record["answer"].rsplit("####", 1)[1].strip().replace(",", "")
             assert target.endswith(f"\\boxed{{{final}}}.")
@@ -159,6 +170,7 @@ def test_sft_prompt_response_and_messages(tokenizer, tmp_path, cache_dir):
             fields={"prompt": "q", "response": "a"},
             shuffle=False,
             num_epochs=1,
+            append_eos=True,  # the layout under test ends with EOS
             cache_dir=cache_dir,
         ),
         tokenizer,
@@ -187,6 +199,7 @@ def test_sft_prompt_response_and_messages(tokenizer, tmp_path, cache_dir):
             fields={"messages": "messages"},
             shuffle=False,
             num_epochs=1,
+            append_eos=True,  # the layout under test ends with EOS
             cache_dir=cache_dir,
         ),
         tokenizer,
@@ -221,6 +234,7 @@ def test_pretrain_one_document_per_row_keeps_every_token_once(
             shuffle=False,
             num_epochs=1,
             streaming=True,
+            append_eos=True,  # documents separated by EOS, as in LLaDA pretraining
         )
         expected_docs = documents
     elif source == "parquet":
@@ -235,6 +249,7 @@ def test_pretrain_one_document_per_row_keeps_every_token_once(
             shuffle=False,
             num_epochs=1,
             streaming=True,
+            append_eos=True,  # documents separated by EOS, as in LLaDA pretraining
         )
         expected_docs = documents
     else:
@@ -247,6 +262,7 @@ def test_pretrain_one_document_per_row_keeps_every_token_once(
             shuffle=False,
             num_epochs=1,
             streaming=True,
+            append_eos=True,  # documents separated by EOS, as in LLaDA pretraining
         )
         expected_docs = [doc.replace("\n", " ") for doc in documents]
     stream = build_dataset(cfg, tokenizer)
@@ -314,6 +330,7 @@ def infill_examples(tokenizer, path, **overrides) -> tuple[ExampleStream, list[d
         "shuffle": False,
         "num_epochs": 1,
         "seed": 7,
+        "append_eos": True,  # the layouts under test end with EOS
     }
     values.update(overrides)
     stream = build_dataset(DataConfig(**values), tokenizer)
@@ -426,7 +443,9 @@ def test_infill_layout_for_evaluation_and_truncation(tokenizer, infill_file):
 def test_response_suffix_closes_the_turn(tokenizer, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Hi", "response": "Hello"}])
     (example,) = build_dataset(
-        DataConfig(kind="sft", path=str(pairs), response_suffix="<|eot_id|>", num_epochs=1),
+        DataConfig(
+            kind="sft", path=str(pairs), response_suffix="<|eot_id|>", num_epochs=1, append_eos=True
+        ),
         tokenizer,
     )
     assert decode(tokenizer, example["input_ids"][example["prompt_length"] :]) == (
@@ -718,6 +737,14 @@ def test_config_validation_errors():
         {"kind": "infill", "infill_markers": ["<a>", "<b>"]}
     ).infill_markers == ("<a>", "<b>")
     assert DataConfig(kind="gsm8k").resolved_fields == {"question": "question", "answer": "answer"}
+    # EOS closes examples by default only where it carries meaning: the mdm objective (LLaDA SFT)
+    # and packed pretraining rows; a FlexMDM models length by insertion.
+    assert DataConfig(kind="gsm8k").resolved_append_eos is False
+    assert DataConfig(kind="gsm8k", objective="mdm").resolved_append_eos is True
+    assert DataConfig(kind="pretrain", pack=True).resolved_append_eos is True
+    assert DataConfig(kind="gsm8k", append_eos=True).resolved_append_eos is True
+    with pytest.raises(TypeError, match="append_eos"):
+        DataConfig(append_eos="yes")
 
 
 def test_missing_local_file_and_unreachable_hub(tokenizer, monkeypatch, tmp_path):
