@@ -34,7 +34,12 @@ from retrofit.interpolant import forward_process, sample_times
 from retrofit.models import LLaDAModelLM, tiny_llada_config
 from retrofit.objective import flexmdm_loss
 from retrofit.tokenization import SpecialIds
-from retrofit.train import flexmdm_micro_batch, mdm_micro_batch, noise_generator
+from retrofit.train import (
+    flexmdm_micro_batch,
+    mdm_micro_batch,
+    noise_generator,
+    step_denominator,
+)
 
 
 def make_batches(
@@ -112,6 +117,7 @@ def step_runner(args, kind: str, *, pad_to: int | None) -> Callable[[int], int]:
                 rank=0,
                 world_size=1,
                 device=device,
+                denominator=step_denominator([batch], cfg, 1),
                 pad_to=pad_to,
             )
         else:
@@ -124,6 +130,7 @@ def step_runner(args, kind: str, *, pad_to: int | None) -> Callable[[int], int]:
                 rank=0,
                 world_size=1,
                 device=device,
+                accumulation_steps=1,
                 pad_to=pad_to,
             )
         out.loss.backward()

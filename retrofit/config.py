@@ -96,9 +96,11 @@ class TokenizerConfig:
 @dataclass
 class ObjectiveConfig:
     """Training objective: ``flexmdm`` (insertion + unmasking, spec section 3) or ``mdm`` (the
-    LLaDA SFT baseline). ``normalizer`` divides the FlexMDM loss by the number of tokens in the
-    batch (``tokens``) or by ``micro_batch_size * fixed_length`` (``fixed``, the research code's
-    choice; it makes the loss of a global batch independent of how it is split across ranks)."""
+    LLaDA SFT baseline). ``normalizer`` divides the FlexMDM loss of an optimizer step by the
+    number of non-protected clean tokens in the step's whole batch (``tokens``: every micro-batch
+    of every rank divides by that global count) or by its number of sequences * ``fixed_length``
+    (``fixed``, the research code's ``B * 1024``). Either way the step's loss and gradient do not
+    depend on how its batch is split into ranks and accumulation micro-batches."""
 
     name: Literal["flexmdm", "mdm"] = "flexmdm"
     normalizer: Literal["tokens", "fixed"] = "fixed"

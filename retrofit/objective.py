@@ -19,7 +19,11 @@ Normalisers (``normalizer=``):
   of different lengths.
 - ``"fixed"``: ``B * fixed_length``, the research code's constant ``B * 1024``.
 
-Gradient accumulation is the trainer's business: these functions return per-batch means.
+``denominator=`` replaces the batch's own normaliser. The trainer passes this rank's share of the
+whole optimizer step's normaliser (all micro-batches of the accumulation window on all ranks,
+divided by the number of ranks), so the per-micro-batch losses of every rank add up to the loss of
+the step's concatenated batch, whatever the split: accumulation and data parallelism then compute
+exactly the gradient of one large batch, also for ``"tokens"``, whose per-batch counts differ.
 
 MDM baseline (LLaDA SFT): mask ratio ``r ~ U[eps, 1]`` per row, each response token masked with
 probability r, loss per row ``sum over masked CE / r / response_length`` averaged over the rows.
@@ -27,6 +31,7 @@ probability r, loss per row ``sum over masked CE / r / response_length`` average
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +47,7 @@ __all__ = [
     "LossOutput",
     "bregman_poisson",
     "flexmdm_loss",
+    "flexmdm_normalizer",
     "mdm_forward_process",
     "mdm_loss",
 ]
@@ -108,6 +114,23 @@ def _masked_cross_entropy(logits: Tensor, targets: Tensor, is_masked: Tensor) ->
     return F.cross_entropy(masked_logits.float(), masked_targets.long(), reduction="none")
 
 
+def flexmdm_normalizer(
+    num_tokens: int,
+    num_rows: int,
+    *,
+    normalizer: Literal["tokens", "fixed"] = "tokens",
+    fixed_length: int = 1024,
+) -> float:
+    """The FlexMDM loss normaliser of ``num_rows`` sequences holding ``num_tokens`` non-protected
+    clean tokens: ``max(num_tokens, 1)`` (``"tokens"``) or ``num_rows * fixed_length``
+    (``"fixed"``). Depends on the clean data only, never on the noise."""
+    if normalizer == "tokens":
+        return float(max(num_tokens, 1))
+    if normalizer == "fixed":
+        return float(num_rows * fixed_length)
+    raise ValueError(f"normalizer must be 'tokens' or 'fixed', got {normalizer!r}")
+
+
 def flexmdm_loss(
     logits: Tensor,
     gaps: Tensor,
@@ -117,6 +140,7 @@ def flexmdm_loss(
     unmasking: Schedule | str | dict,
     normalizer: Literal["tokens", "fixed"] = "tokens",
     fixed_length: int = 1024,
+    denominator: float | None = None,
 ) -> LossOutput:
     """FlexMDM loss for one batch (see the module docstring).
 
@@ -125,6 +149,7 @@ def flexmdm_loss(
     ``gaps``: (B, L'+1) predicted expected gap counts ghat >= 0; only slots j <= lengths count.
     ``batch``: the :class:`NoisedBatch` from :func:`retrofit.interpolant.forward_process`.
     ``insertion`` / ``unmasking``: the alpha / beta schedules used to noise the batch.
+    ``denominator``: divide by this (> 0) instead of the ``normalizer`` of this batch alone.
     """
     insertion = get_schedule(insertion)
     unmasking = get_schedule(unmasking)
@@ -138,6 +163,8 @@ def flexmdm_loss(
         raise ValueError(f"normalizer must be 'tokens' or 'fixed', got {normalizer!r}")
     if normalizer == "fixed" and not (isinstance(fixed_length, int) and fixed_length > 0):
         raise ValueError(f"fixed_length must be a positive int, got {fixed_length!r}")
+    if denominator is not None and not (math.isfinite(denominator) and denominator > 0):
+        raise ValueError(f"denominator must be a finite number > 0, got {denominator!r}")
 
     time = batch.t.float()  # (B,)
     unmask_weight = unmasking.rate_factor(time)  # (B,) kappa_beta(t)
@@ -156,10 +183,10 @@ def flexmdm_loss(
     insert_sum = (insert_weight[:, None] * divergence).sum()
 
     num_tokens = int(batch.num_noised_tokens.sum())
-    if normalizer == "tokens":
-        denominator = float(max(num_tokens, 1))
-    else:
-        denominator = float(batch_size * fixed_length)
+    if denominator is None:
+        denominator = flexmdm_normalizer(
+            num_tokens, batch_size, normalizer=normalizer, fixed_length=fixed_length
+        )
     unmask_loss = unmask_sum / denominator
     insert_loss = insert_sum / denominator
     return LossOutput(

@@ -5,9 +5,9 @@
 
 The loop reads top to bottom (torchtune style): accelerator -> seed -> tokenizer -> model (a
 backbone retrofitted from an adapter spec) -> data -> AdamW over parameter groups + warmup/half-cosine
--> resume -> for each optimizer step: accumulate micro-batches (forward process, model, loss,
-backward with the loss divided by the accumulation steps here, explicitly), clip, step, log,
-checkpoint -> final save + summary.
+-> resume -> for each optimizer step: read its micro-batches, accumulate them (forward process,
+model, loss divided by the step's normaliser (:func:`step_denominator`) here, explicitly, backward),
+clip, step, log, checkpoint -> final save + summary.
 
 Data parallelism and noise. Every rank reads the same stream of examples and builds the same
 *global* micro-batch (``micro_batch_size * world_size`` rows); the noise (FlexMDM times and
@@ -459,7 +459,12 @@ def _rows(tensor: Tensor, start: int, stop: int, length: int | None = None) -> T
 
 @dataclass
 class MicroBatchOutput:
-    """Loss of one rank's share of a micro-batch and what it consumed."""
+    """Loss of one rank's share of a micro-batch and what it consumed.
+
+    ``loss`` (and its parts) is this micro-batch's contribution to the optimizer step's loss: the
+    contributions of all micro-batches of the step, averaged over the ranks, are the loss of the
+    step's whole batch (see :func:`step_denominator`).
+    """
 
     loss: Tensor  # () with grad
     unmask_loss: float
@@ -478,6 +483,7 @@ def flexmdm_micro_batch(
     rank: int,
     world_size: int,
     device: torch.device,
+    denominator: float,
     pad_to: int | None = None,
 ) -> MicroBatchOutput:
     """FlexMDM: times (stratified over the global batch) -> forward process on the global batch ->
@@ -486,7 +492,9 @@ def flexmdm_micro_batch(
     ``batch``: the global micro-batch, ``input_ids`` / ``protected`` (W B, L) and ``lengths``
     (W B,); ``schedules``: (insertion alpha, unmasking beta); ``generator``: the noise of this
     micro-batch (:func:`noise_generator`); ``model`` may be wrapped (DDP / DeepSpeed) and on
-    ``device``. ``pad_to`` pads x_t to a fixed width instead (the research code's buffer).
+    ``device``; ``denominator``: this rank's share of the step's normaliser
+    (:func:`step_denominator`). ``pad_to`` pads x_t to a fixed width instead (the research code's
+    buffer).
     """
     from retrofit.interpolant import NoisedBatch, forward_process, sample_times
     from retrofit.objective import flexmdm_loss
@@ -531,8 +539,7 @@ def flexmdm_micro_batch(
         local,
         insertion=insertion,
         unmasking=unmasking,
-        normalizer=cfg.objective.normalizer,
-        fixed_length=cfg.objective.fixed_length,
+        denominator=denominator,
     )
     return MicroBatchOutput(
         loss=loss.loss,
@@ -552,13 +559,16 @@ def mdm_micro_batch(
     rank: int,
     world_size: int,
     device: torch.device,
+    accumulation_steps: int,
     pad_to: int | None = None,
 ) -> MicroBatchOutput:
     """MDM baseline (LLaDA SFT): mask ratios + masks on the global batch -> this rank's rows ->
-    model(noisy ids, lengths) -> mdm_loss over the response.
+    model(noisy ids, lengths) -> mdm_loss over the response, divided by ``accumulation_steps``.
 
     ``batch``: the global micro-batch, ``input_ids`` / ``response_mask`` (W B, L) with rows
-    EOS-filled to L and ``lengths`` (W B,) = L (the MDM collator's layout).
+    EOS-filled to L and ``lengths`` (W B,) = L (the MDM collator's layout). The LLaDA loss is a
+    mean over rows, and every rank holds B rows of every micro-batch, so ``1 / accumulation_steps``
+    of this rank's mean is its exact share of the step's loss.
     """
     from retrofit.objective import mdm_forward_process, mdm_loss
 
@@ -591,11 +601,33 @@ def mdm_micro_batch(
         response_local,
     )
     return MicroBatchOutput(
-        loss=loss.loss,
-        unmask_loss=float(loss.unmask_loss),
-        insert_loss=float(loss.insert_loss),
+        loss=loss.loss / accumulation_steps,
+        unmask_loss=float(loss.unmask_loss) / accumulation_steps,
+        insert_loss=float(loss.insert_loss) / accumulation_steps,
         tokens=int(lengths.sum()),
     )
+
+
+def step_denominator(batches: Sequence[Batch], cfg: TrainConfig, world_size: int) -> float:
+    """This rank's share of the FlexMDM normaliser of one optimizer step.
+
+    ``batches``: the step's global micro-batches (every rank holds all of them). The step's
+    normaliser is computed on their concatenation (``"tokens"``: non-protected clean tokens, known
+    before any noise is drawn; ``"fixed"``: rows * ``fixed_length``) and divided by ``world_size``,
+    because DDP / DeepSpeed average the ranks' gradients. Every micro-batch of every rank divides
+    its loss sum by this, so the step computes the gradient of one batch of all those rows.
+    """
+    from retrofit.objective import flexmdm_normalizer
+
+    num_tokens = sum(int((b.lengths - b.protected.sum(dim=1)).sum()) for b in batches)
+    num_rows = sum(b.input_ids.shape[0] for b in batches)
+    total = flexmdm_normalizer(
+        num_tokens,
+        num_rows,
+        normalizer=cfg.objective.normalizer,
+        fixed_length=cfg.objective.fixed_length,
+    )
+    return total / world_size
 
 
 def _pad_width(tensor: Tensor, width: int, value: Any) -> Tensor:
@@ -929,10 +961,16 @@ def train(
     ):
         parts = torch.zeros(
             3, dtype=torch.float64
-        )  # loss, unmask, insert (mean over micro-batches)
+        )  # loss, unmask, insert: the sums of the micro-batch shares
         step_tokens = 0
-        for micro_step in range(accum):
-            batch = next(data)
+        # The whole accumulation window is read first: the FlexMDM normaliser is the step's.
+        step_batches = [next(data) for _ in range(accum)]
+        denominator = (
+            step_denominator(step_batches, cfg, world_size)
+            if cfg.objective.name == "flexmdm"
+            else None
+        )
+        for micro_step, batch in enumerate(step_batches):
             last = micro_step == accum - 1
             # Gradients are all-reduced (DDP) / the DeepSpeed boundary is reached only on the last
             # micro-batch; earlier ones accumulate locally.
@@ -951,6 +989,7 @@ def train(
                         rank=rank,
                         world_size=world_size,
                         device=accelerator.device,
+                        denominator=denominator,
                         pad_to=pad_to,
                     )
                 else:
@@ -963,20 +1002,18 @@ def train(
                         rank=rank,
                         world_size=world_size,
                         device=accelerator.device,
+                        accumulation_steps=accum,
                         pad_to=pad_to,
                     )
-                # The trainer owns accumulation scaling: each micro-batch contributes 1 / accum.
-                scaled = out.loss / accum
+                # The trainer owns accumulation scaling: out.loss is already this micro-batch's
+                # share of the step's loss (FlexMDM: the step's normaliser; MDM: 1 / accum).
                 if deepspeed:
                     # DeepSpeed would divide by its gradient_accumulation_steps again.
-                    accelerator.backward(scaled, scale_wrt_gas=False)
+                    accelerator.backward(out.loss, scale_wrt_gas=False)
                 else:
-                    scaled.backward()
-            parts += (
-                torch.tensor(
-                    [out.loss.item(), out.unmask_loss, out.insert_loss], dtype=torch.float64
-                )
-                / accum
+                    out.loss.backward()
+            parts += torch.tensor(
+                [out.loss.item(), out.unmask_loss, out.insert_loss], dtype=torch.float64
             )
             step_tokens += int(batch.lengths.sum())  # the global micro-batch: same on every rank
 

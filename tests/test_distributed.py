@@ -1,6 +1,8 @@
 """Multi-process CPU training: 2 processes over gloo compute what 1 process with twice the batch
-computes; DeepSpeed ZeRO-2 and ZeRO-3 run the tiny recipe with 2 CPU processes and match the
-non-DeepSpeed losses; the `accelerate launch -m retrofit.train` entry point exits cleanly.
+computes, with either loss normaliser (``tokens``: the two ranks' rows hold different numbers of
+tokens, and each divides by the global count); DeepSpeed ZeRO-2 and ZeRO-3 run the tiny recipe with
+2 CPU processes and match the non-DeepSpeed losses; the `accelerate launch -m retrofit.train` entry
+point exits cleanly.
 
 `accelerate.debug_launcher` forks the calling process, and a fork of a process whose OpenMP thread
 pool is already running (any earlier torch test in the same pytest session) can hang. So the
@@ -28,9 +30,7 @@ GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 pytestmark = pytest.mark.slow
 
 
-def _overrides(output_dir: Path, micro_batch_size: int) -> list[str]:
-    # normalizer "fixed" (the recipe's): a per-sequence constant, so averaging the two ranks'
-    # losses equals the loss of the concatenated batch.
+def _overrides(output_dir: Path, micro_batch_size: int, normalizer: str = "tokens") -> list[str]:
     return [
         f"output_dir={output_dir}",
         f"data.path={GSM8K}",
@@ -40,7 +40,7 @@ def _overrides(output_dir: Path, micro_batch_size: int) -> list[str]:
         "logging.log_every=1",
         "logging.progress_bar=false",
         "checkpoint.save_every=2",
-        "objective.normalizer=fixed",
+        f"objective.normalizer={normalizer}",
     ]
 
 
@@ -56,7 +56,7 @@ def _final_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def _train_in_launched_process(
-    output_dir: Path, micro_batch_size: int, deepspeed_config: str | None
+    output_dir: Path, micro_batch_size: int, deepspeed_config: str | None, normalizer: str
 ) -> None:
     """Body of each process started by `accelerate.debug_launcher` (fork; gloo process group)."""
     torch.set_num_threads(1)
@@ -78,7 +78,7 @@ def _train_in_launched_process(
     from retrofit.config import load_config
     from retrofit.train import train
 
-    result = train(load_config(RECIPE, _overrides(output_dir, micro_batch_size)))
+    result = train(load_config(RECIPE, _overrides(output_dir, micro_batch_size, normalizer)))
     state = AcceleratorState()
     if state.is_main_process:
         (output_dir / "launch.json").write_text(
@@ -93,7 +93,7 @@ def _train_in_launched_process(
         )
 
 
-def _single_process_reference(output_dir: Path) -> None:
+def _single_process_reference(output_dir: Path, normalizer: str) -> None:
     """One process, micro-batch 4 (= 2 processes x 2)."""
     from accelerate.state import AcceleratorState
 
@@ -101,7 +101,7 @@ def _single_process_reference(output_dir: Path) -> None:
     from retrofit.train import train
 
     AcceleratorState._reset_state(True)
-    result = train(load_config(RECIPE, _overrides(output_dir, 4)))
+    result = train(load_config(RECIPE, _overrides(output_dir, 4, normalizer)))
     (output_dir / "launch.json").write_text(json.dumps({"losses": result.losses}))
 
 
@@ -113,21 +113,26 @@ def _run_scenarios(root: Path) -> None:
     from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
     torch.set_num_threads(1)
-    scenarios = {"ddp": None}
+    # name -> (DeepSpeed config or None, loss normaliser)
+    scenarios = {"ddp": (None, "tokens"), "ddp-fixed": (None, "fixed")}
     for stage in (2, 3):
-        scenarios[f"zero{stage}"] = str(REPO / "recipes" / "accelerate" / f"ds_zero{stage}.json")
-    for name, ds_config in scenarios.items():
+        config = str(REPO / "recipes" / "accelerate" / f"ds_zero{stage}.json")
+        scenarios[f"zero{stage}"] = (config, "tokens")
+    for name, (ds_config, normalizer) in scenarios.items():
         output_dir = root / name
         output_dir.mkdir(parents=True)
         try:
             debug_launcher(
-                _train_in_launched_process, args=(output_dir, 2, ds_config), num_processes=2
+                _train_in_launched_process,
+                args=(output_dir, 2, ds_config, normalizer),
+                num_processes=2,
             )
         except (ProcessRaisedException, ProcessExitedException):  # reported by its test
             (output_dir / "error.txt").write_text(traceback.format_exc())
-    output_dir = root / "single"
-    output_dir.mkdir()
-    _single_process_reference(output_dir)
+    for normalizer in ("tokens", "fixed"):
+        output_dir = root / f"single-{normalizer}"
+        output_dir.mkdir()
+        _single_process_reference(output_dir, normalizer)
 
 
 @pytest.fixture(scope="module")
@@ -153,23 +158,27 @@ def _launch_result(root: Path, name: str) -> dict:
     return json.loads((root / name / "launch.json").read_text())
 
 
-def test_two_gloo_processes_match_one_process_with_twice_the_batch(runs: Path) -> None:
-    launch = _launch_result(runs, "ddp")
+@pytest.mark.parametrize(("name", "normalizer"), [("ddp", "tokens"), ("ddp-fixed", "fixed")])
+def test_two_gloo_processes_match_one_process_with_twice_the_batch(
+    runs: Path, name: str, normalizer: str
+) -> None:
+    launch = _launch_result(runs, name)
     assert launch["backend"] == "gloo" and launch["num_processes"] == 2
     assert launch["distributed_type"].endswith("MULTI_CPU")
-    single = _launch_result(runs, "single")
+    reference = runs / f"single-{normalizer}"
+    single = _launch_result(runs, reference.name)
     # Same global loss and the same gradient (its norm, before clipping) at every step ...
     assert launch["losses"] == pytest.approx(single["losses"], rel=1e-5)
-    for two, one in zip(_metrics(runs / "ddp"), _metrics(runs / "single"), strict=True):
+    for two, one in zip(_metrics(runs / name), _metrics(reference), strict=True):
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
         assert two["tokens"] == one["tokens"]
     # ... hence the same parameters after two AdamW steps.
-    a, b = _final_weights(runs / "ddp" / "final"), _final_weights(runs / "single" / "final")
+    a, b = _final_weights(runs / name / "final"), _final_weights(reference / "final")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
     # Every process saved its RNG state into the (complete) checkpoint.
-    state = runs / "ddp" / "checkpoint-2" / "state"
+    state = runs / name / "checkpoint-2" / "state"
     assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
 
 
@@ -177,10 +186,10 @@ def test_two_gloo_processes_match_one_process_with_twice_the_batch(runs: Path) -
 def test_deepspeed_zero_on_two_cpu_processes_matches_the_plain_loss(stage: int, runs: Path) -> None:
     launch = _launch_result(runs, f"zero{stage}")
     assert launch["distributed_type"].endswith("DEEPSPEED") and launch["num_processes"] == 2
-    single = _launch_result(runs, "single")
+    single = _launch_result(runs, "single-tokens")
     assert launch["losses"] == pytest.approx(single["losses"], rel=1e-4)
     for deepspeed, plain in zip(
-        _metrics(runs / f"zero{stage}"), _metrics(runs / "single"), strict=True
+        _metrics(runs / f"zero{stage}"), _metrics(runs / "single-tokens"), strict=True
     ):
         assert deepspeed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)
     # The DeepSpeed checkpoint (sharded optimizer states) and the adapter export are complete.

@@ -10,6 +10,7 @@ from retrofit.objective import (
     LossOutput,
     bregman_poisson,
     flexmdm_loss,
+    flexmdm_normalizer,
     mdm_forward_process,
     mdm_loss,
 )
@@ -223,6 +224,52 @@ def test_flexmdm_loss_on_sampled_batch_bf16_autocast():
     assert output.loss.item() == pytest.approx(reference.loss.item(), rel=2e-2)
     output.loss.backward()
     assert weight.grad is not None and bool(torch.isfinite(weight.grad).all())
+
+
+def test_shared_denominator_makes_split_batches_add_up_to_the_whole():
+    """Micro-batches / ranks dividing by the step's normaliser sum to the concatenated batch's loss
+    (for "tokens", whose per-part counts differ, dividing each part by its own count would not)."""
+    generator = torch.Generator().manual_seed(1)
+    rows, width, vocab = 4, 20, 30
+    x1 = torch.randint(0, vocab, (rows, width), generator=generator)
+    lengths = torch.tensor([20, 5, 14, 9])
+    protected = (torch.arange(width) < 2)[None, :].expand(rows, width).clone()
+    whole = forward_process(
+        x1, lengths, protected, torch.tensor([0.3, 0.6, 0.5, 0.9]),
+        insertion="linear", unmasking="linear", mask_token_id=vocab, pad_token_id=vocab + 1,
+        generator=generator,
+    )  # fmt: skip
+    width_t = whole.input_ids.shape[1]
+    logits = torch.randn(rows, width_t, vocab + 2, generator=generator)
+    gaps = torch.rand(rows, width_t + 1, generator=generator) * 4
+    schedules = {"insertion": "linear", "unmasking": "linear"}
+    reference = flexmdm_loss(logits, gaps, whole, **schedules)
+    total_tokens = flexmdm_normalizer(reference.num_tokens, rows)
+    assert total_tokens == int((lengths - 2).sum())
+
+    def part(rows_slice: slice, **kwargs) -> LossOutput:
+        sliced = NoisedBatch(**{
+            name: getattr(whole, name)[rows_slice] for name in whole.__dataclass_fields__
+        })  # fmt: skip
+        return flexmdm_loss(logits[rows_slice], gaps[rows_slice], sliced, **schedules, **kwargs)
+
+    halves = [part(slice(0, 2), denominator=total_tokens), part(slice(2, 4), denominator=total_tokens)]
+    assert sum(h.loss.item() for h in halves) == pytest.approx(reference.loss.item(), rel=1e-6)
+    assert sum(h.insert_loss.item() for h in halves) == pytest.approx(
+        reference.insert_loss.item(), rel=1e-6
+    )
+    own = [part(slice(0, 2)), part(slice(2, 4))]  # each normalised by its own token count
+    assert sum(h.loss.item() for h in own) / 2 != pytest.approx(reference.loss.item(), rel=1e-3)
+    # "fixed" is the same rows * fixed_length either way.
+    fixed = flexmdm_loss(logits, gaps, whole, **schedules, normalizer="fixed", fixed_length=64)
+    assert flexmdm_normalizer(0, rows, normalizer="fixed", fixed_length=64) == rows * 64
+    assert part(slice(0, 4), denominator=rows * 64.0).loss.item() == pytest.approx(
+        fixed.loss.item(), rel=1e-7
+    )
+    with pytest.raises(ValueError, match="denominator must be a finite number > 0"):
+        part(slice(0, 2), denominator=0.0)
+    with pytest.raises(ValueError, match="normalizer must be 'tokens' or 'fixed'"):
+        flexmdm_normalizer(3, 1, normalizer="rows")
 
 
 def test_flexmdm_loss_errors():

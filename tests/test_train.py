@@ -125,6 +125,7 @@ def test_loss_decreases_when_overfitting_a_handful_of_sequences(tmp_path: Path) 
         build_tokenizer,
         flexmdm_micro_batch,
         noise_generator,
+        step_denominator,
     )
 
     text = tmp_path / "handful.txt"
@@ -172,6 +173,7 @@ def test_loss_decreases_when_overfitting_a_handful_of_sequences(tmp_path: Path) 
                     rank=0,
                     world_size=1,
                     device=torch.device("cpu"),
+                    denominator=step_denominator([batch], cfg, 1),
                 )
                 total += float(out.loss) / 16
         return total
@@ -215,6 +217,62 @@ def test_kill_and_resume_gives_identical_parameters(tmp_path: Path) -> None:
     summary = json.loads((resumed_dir / "train_summary.json").read_text())
     straight_summary = json.loads((tmp_path / "straight" / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens"] == straight_summary["tokens"]
+
+
+def test_ranks_share_the_step_normaliser_so_their_mean_gradient_is_the_whole_batch(
+    tmp_path: Path,
+) -> None:
+    """With the "tokens" normaliser, two ranks' shares of a global micro-batch average (as DDP does)
+    to exactly the loss and gradient of one process on the whole batch; step_denominator sums the
+    clean tokens of every micro-batch of the accumulation window."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from retrofit.tokenization import resolve_special_ids
+    from retrofit.train import (
+        GlobalBatchStream,
+        build_model,
+        build_tokenizer,
+        flexmdm_micro_batch,
+        noise_generator,
+        step_denominator,
+    )
+
+    cfg = load_config(
+        PRETRAIN,
+        [f"output_dir={tmp_path}", *QUIET, "data.max_length=48", "objective.normalizer=tokens"],
+    )
+    tokenizer = build_tokenizer(cfg)
+    set_seed(0)
+    model = build_model(cfg, tokenizer, Accelerator())
+    special_ids = resolve_special_ids(tokenizer)
+    stream = GlobalBatchStream(cfg, tokenizer, 4, special_ids)
+    batch, second = next(stream), next(stream)
+    clean_tokens = [int((b.lengths - b.protected.sum(dim=1)).sum()) for b in (batch, second)]
+    assert step_denominator([batch, second], cfg, 1) == sum(clean_tokens)
+    assert step_denominator([batch, second], cfg, 4) == sum(clean_tokens) / 4
+    fixed = load_config(PRETRAIN, [f"output_dir={tmp_path}", "objective.normalizer=fixed"])
+    assert step_denominator([batch, second], fixed, 2) == 8 * fixed.objective.fixed_length / 2
+
+    def loss_and_grads(rank: int, world_size: int) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        out = flexmdm_micro_batch(
+            model, batch, cfg,
+            schedules=(model.insertion_schedule, model.unmasking_schedule),
+            special_ids=special_ids, generator=noise_generator(0, 0, 0),
+            rank=rank, world_size=world_size, device=torch.device("cpu"),
+            denominator=step_denominator([batch], cfg, world_size),
+        )  # fmt: skip
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return float(out.loss.detach()), grads
+
+    whole_loss, whole_grads = loss_and_grads(0, 1)
+    (loss_0, grads_0), (loss_1, grads_1) = loss_and_grads(0, 2), loss_and_grads(1, 2)
+    assert (loss_0 + loss_1) / 2 == pytest.approx(whole_loss, rel=1e-6)
+    assert len(whole_grads) == len(grads_0) == len(grads_1) > 0
+    for whole, first, other in zip(whole_grads, grads_0, grads_1, strict=True):
+        torch.testing.assert_close((first + other) / 2, whole, rtol=1e-5, atol=1e-7)
 
 
 def test_dynamic_length_batches_match_padding_to_max_length(tmp_path: Path) -> None:
