@@ -329,6 +329,46 @@ def test_merge_loads_without_peft(trained_checkpoint, tmp_path, monkeypatch):
     torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(actual.gaps, expected.gaps, rtol=1e-5, atol=1e-5)
 
+    # A model loaded from the merged export saves again as a complete, loadable checkpoint.
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert RetrofitConfig.load(tmp_path / "resaved").weights == "full"
+    resaved = FlexMDM.from_pretrained(tmp_path / "resaved")
+    assert torch.equal(resaved(input_ids, lengths, t).logits, actual.logits)
+    assert torch.equal(resaved(input_ids, lengths, t).gaps, actual.gaps)
+
+
+def test_lora_alpha_disagreeing_with_the_config_is_an_error(trained_checkpoint, tmp_path):
+    _, directory = trained_checkpoint
+    copy_dir = tmp_path / "alpha"
+    copy_dir.mkdir()
+    for path in directory.iterdir():
+        (copy_dir / path.name).write_bytes(path.read_bytes())
+    adapter_config = json.loads((copy_dir / "adapter_config.json").read_text())
+    adapter_config["lora_alpha"] = adapter_config["lora_alpha"] * 2
+    (copy_dir / "adapter_config.json").write_text(json.dumps(adapter_config))
+    with pytest.raises(ValueError, match="alpha=.* disagrees with retrofit_config.json"):
+        FlexMDM.from_pretrained(copy_dir)
+
+
+def test_new_modules_keep_fp32_precision_under_bf16_autocast():
+    """Time conditioning and the insertion head run in fp32 inside a bf16 autocast region: a
+    modulation scale far below bf16's resolution of 1 + scale still changes the output, and the
+    head's initial gap is exactly init_gap."""
+    model = FlexMDM.retrofit(make_backbone(), "tiny-llada", lora=None)
+    input_ids, lengths, t = make_batch()
+    fp32_gaps = model(input_ids, lengths, t).gaps
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        initial = model(input_ids, lengths, t)
+        assert torch.equal(initial.gaps, fp32_gaps)  # bf16 would give 0.9935 (raw ~ -7 to 1/32)
+        torch.testing.assert_close(initial.gaps[0], torch.ones(11), rtol=1e-6, atol=0)
+        with torch.no_grad():
+            for layer in model.modulation.layers:
+                layer.bias[: layer.out_features // 2] = 2e-3  # scale = 0.002 < 2^-8
+        modulated = model(input_ids, lengths, t)
+        conditioning = model.time_modulation(t, len(t))
+    assert conditioning[0][0].dtype == torch.float32
+    assert not torch.equal(modulated.logits, initial.logits)
+
 
 def test_full_finetune_and_mdm_checkpoints_round_trip(tmp_path):
     full = FlexMDM.retrofit(make_backbone(), "tiny-llada", lora=None, full_finetune=True)
@@ -401,6 +441,32 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(adapter_model, "save_file", save_file)
     model.save_pretrained(target)
     assert [path.name for path in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_save_killed_mid_way_is_repaired_by_the_next_save(tmp_path):
+    """A SIGKILL can leave a staging directory, or fall between the two renames (the checkpoint
+    retired, the new one not yet in place): the next save to the same target repairs both."""
+    from retrofit.adapter.checkpoint import recover_interrupted_save
+
+    model = FlexMDM.retrofit(make_backbone(), "tiny-llada")
+    target = tmp_path / "ckpt"
+    model.save_pretrained(target)
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    # The state a kill between `target -> .ckpt.old-*` and `staging -> target` leaves.
+    os.replace(target, tmp_path / ".ckpt.old-1234abcd")
+    (tmp_path / ".ckpt.tmp-xyz").mkdir()
+    (tmp_path / ".ckpt.tmp-xyz" / "adapter_model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".other.tmp-keep").mkdir()  # another checkpoint's files are left alone
+    recover_interrupted_save(target)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".other.tmp-keep", "ckpt"]
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before
+    FlexMDM.from_pretrained(target, base_model=make_backbone())  # the restored checkpoint loads
+
+    # Killed after the new checkpoint was in place: only the retired copy is left to remove.
+    (tmp_path / ".ckpt.old-5678abcd").mkdir()
+    perturb_trainable(model)
+    model.save_pretrained(target)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".other.tmp-keep", "ckpt"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     success an existing ``target`` is renamed away, the staging directory renamed to ``target``
     and the old one removed; if the second rename fails the old checkpoint is put back. On any
     exception inside the block the staging directory is deleted and ``target`` is untouched.
+    What a killed process leaves behind is repaired first (see :func:`recover_interrupted_save`).
     """
     target = Path(target).absolute()
     if target.exists() and not target.is_dir():
@@ -32,6 +34,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             f"cannot save a checkpoint to {target}: it exists and is not a directory"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp creates 0700; a checkpoint is an ordinary readable directory
     try:
@@ -51,6 +54,27 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def recover_interrupted_save(target: str | os.PathLike) -> None:
+    """Repair what a save to ``target`` killed mid-way (SIGKILL, power loss) left next to it.
+
+    Staging directories (``.NAME.tmp-*``) are incomplete by construction and are removed. A
+    retired checkpoint (``.NAME.old-*``) is put back as ``target`` when the kill fell between the
+    two renames (``target`` missing), and removed otherwise. Call it only while no other process
+    is saving to ``target``.
+    """
+    target = Path(target).absolute()
+    if not target.parent.is_dir():
+        return
+    pattern = glob.escape(f".{target.name}")
+    for stale in target.parent.glob(f"{pattern}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    retired = sorted(target.parent.glob(f"{pattern}.old-*"), key=lambda path: path.stat().st_mtime)
+    if retired and not target.exists():
+        os.replace(retired.pop(), target)
+    for old in retired:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -785,7 +785,9 @@ class FlexMDM(nn.Module):
                 peft_config.revision = self.config.base_revision
                 peft_config.save_pretrained(str(staging))
                 config = self.config
-            elif self.config.full_finetune:
+            elif self.config.full_finetune or self.config.weights == "full":
+                # Full fine-tuning, or a model loaded from a full / merged export: the backbone's
+                # weights are part of the checkpoint.
                 self._save_full_backbone(
                     staging, self._backbone_export_state_dict(backbone_part), max_shard_size
                 )
@@ -951,12 +953,13 @@ def _load_lora(backbone: PreTrainedModel, directory: Path, config: RetrofitConfi
     recorded = config.lora or {}
     if recorded and (
         stored.get("r") != recorded.get("r")
+        or float(stored.get("lora_alpha", 0)) != float(recorded.get("alpha", 0))
         or sorted(stored.get("target_modules") or []) != sorted(recorded.get("target_modules", []))
     ):
         raise ValueError(
-            f"{config_path} (r={stored.get('r')}, targets={stored.get('target_modules')}) "
-            "disagrees "
-            f"with retrofit_config.json's lora {recorded}"
+            f"{config_path} (r={stored.get('r')}, alpha={stored.get('lora_alpha')}, "
+            f"targets={stored.get('target_modules')}) disagrees with retrofit_config.json's "
+            f"lora {recorded}"
         )
     model = _attach_lora(backbone, lora_config)
     expected = get_peft_model_state_dict(model, save_embedding_layers=False)

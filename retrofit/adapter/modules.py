@@ -1,16 +1,31 @@
 """The modules a retrofit adds to a backbone: time embedding, block modulation, insertion head.
 
-All of them are created in float32 (master weights) and cast their inputs to their own parameter
-dtype, so they work whether the backbone runs in bf16, fp32 or under a DeepSpeed-cast copy.
+All of them are created in float32 (master weights), cast their inputs to their own parameter
+dtype and run with autocast disabled, so they compute in float32 while the backbone runs in bf16
+(or under bf16 autocast). Under DeepSpeed's bf16 mode their weights are bf16 copies; the insertion
+head's last layer and softplus then still run in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``device``'s type while it is on (else a no-op).
+
+    Small modules that must not round to bf16 (time conditioning, the insertion head) run inside it.
+    """
+    try:
+        enabled = torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type without autocast (e.g. meta)
+        enabled = False
+    return torch.autocast(device.type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -66,7 +81,8 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         """t: (B,) FlexMDM time -> (B, d) conditioning vector in the module's dtype."""
         features = sinusoidal_embedding(t * self.time_scale, self.embedding_dim, self.max_period)
-        return self.mlp(features.to(self.mlp[0].weight.dtype))  # (B, d)
+        with autocast_disabled(features.device):
+            return self.mlp(features.to(self.mlp[0].weight.dtype))  # (B, d)
 
 
 class BlockModulation(nn.Module):
@@ -108,9 +124,10 @@ class BlockModulation(nn.Module):
         """
         activated = F.silu(conditioning)
         per_group = []
-        for layer in self.layers:
-            scale, shift = layer(activated.to(layer.weight.dtype)).chunk(2, dim=-1)  # (B, d) each
-            per_group.append((scale, shift))
+        with autocast_disabled(conditioning.device):
+            for layer in self.layers:
+                scale, shift = layer(activated.to(layer.weight.dtype)).chunk(2, dim=-1)  # (B, d)
+                per_group.append((scale, shift))
         return [per_group[block // self.group_size] for block in range(self.n_layers)]
 
 
@@ -142,10 +159,16 @@ class InsertionHead(nn.Module):
         nn.init.constant_(self.out.bias, inverse_softplus(init_gap / self.scale))
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """hidden: (B, S, d) final hidden states -> (B, S) float32 expected gaps (>= 0)."""
-        hidden = hidden.to(self.proj.weight.dtype)
-        raw = self.out(self.act(self.proj(self.norm(hidden)))).squeeze(-1)  # (B, S)
-        return F.softplus(raw.float()) * self.scale
+        """hidden: (B, S, d) final hidden states -> (B, S) float32 expected gaps (>= 0).
+
+        The last Linear (d -> 1) and the softplus always run in float32: near the initial bias
+        softplus^-1(init_gap / scale) ~ -7, bf16 would resolve the raw value only to 1/32.
+        """
+        with autocast_disabled(hidden.device):
+            features = self.act(self.proj(self.norm(hidden.to(self.proj.weight.dtype))))  # (B, S, d)
+            weight, bias = self.out.weight.float(), self.out.bias.float()
+            raw = F.linear(features.float(), weight, bias).squeeze(-1)  # (B, S)
+            return F.softplus(raw) * self.scale
 
 
 def inverse_softplus(value: float) -> float:

@@ -131,12 +131,17 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, full_precision: bool = Tru
 def _modulate(normed: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
     """FlexMDM modulation ``normed * (1 + scale) + shift``: ``normed (B, L, d)``, ``scale (B, d)``.
 
-    Computed in the promoted dtype of the operands, returned in ``normed``'s dtype (so fp32
-    conditioning can drive a bf16 backbone). Zero scale and shift return ``normed`` bit-exactly.
+    Computed in at least float32 and returned in ``normed``'s dtype, so a small scale still acts on
+    a bf16 backbone (in bf16, ``1 + scale`` is exactly 1 for |scale| < 2^-8). Zero scale and shift
+    return ``normed`` bit-exactly.
     """
     if scale is None:
         return normed
-    return (normed * (1 + scale[:, None, :]) + shift[:, None, :]).to(normed.dtype)
+    compute = torch.promote_types(normed.dtype, torch.float32)
+    modulated = normed.to(compute) * (1 + scale[:, None, :].to(compute)) + shift[:, None, :].to(
+        compute
+    )
+    return modulated.to(normed.dtype)
 
 
 class LLaDABlock(GradientCheckpointingLayer):
