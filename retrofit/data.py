@@ -106,9 +106,11 @@ __all__ = [
     "DataConfig",
     "DataStats",
     "ExampleStream",
+    "PromptLayout",
     "build_dataset",
     "build_infill_example",
     "choose_infill_span",
+    "encode_generation_inputs",
     "encode_infill_prompt",
     "encode_prompt",
     "encode_text",
@@ -311,10 +313,10 @@ class DataConfig:
         if (
             not isinstance(self.infill_markers, tuple)
             or len(self.infill_markers) != 2
-            or not all(isinstance(marker, str) and marker for marker in self.infill_markers)
+            or not all(isinstance(marker, str) for marker in self.infill_markers)
         ):
             raise TypeError(
-                "data.infill_markers must be two non-empty strings [start, end], got "
+                "data.infill_markers must be two strings [start, end] (\"\" for no marker), got "
                 f"{self.infill_markers!r}"
             )
         if not isinstance(self.response_suffix, str):
@@ -541,6 +543,68 @@ def load_records(cfg: DataConfig) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# Prompt layout: how training laid out prompts, recorded in checkpoints for sampling / evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """The part of a ``DataConfig`` that decides how a prompt (and an infilling task) is laid out.
+
+    The trainer records it in the checkpoint (``retrofit_config.json``'s ``prompt_layout``), so
+    ``retrofit generate`` and ``retrofit eval`` encode prompts exactly as the model saw them in
+    training. ``append_eos`` is resolved (``DataConfig.resolved_append_eos``).
+    """
+
+    chat_template: str = "auto"
+    append_eos: bool = False
+    response_suffix: str = ""
+    infill_markers: tuple[str, str] = DEFAULT_INFILL_MARKERS
+    psm_template: str = DEFAULT_PSM_TEMPLATE
+
+    @classmethod
+    def from_data_config(cls, cfg: DataConfig) -> PromptLayout:
+        """The layout a ``DataConfig`` trains with (its ``objective`` decides ``append_eos``)."""
+        return cls(
+            chat_template=cfg.chat_template,
+            append_eos=cfg.resolved_append_eos,
+            response_suffix=cfg.response_suffix,
+            infill_markers=tuple(cfg.infill_markers),
+            psm_template=cfg.psm_template,
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, **overrides: Any) -> PromptLayout:
+        """From a checkpoint record (None: the defaults); ``overrides`` that are not None win."""
+        values = dict(values or {})
+        known = {item.name for item in dataclass_fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"prompt_layout has unknown keys {unknown}; known: {sorted(known)}")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        if "infill_markers" in values:
+            values["infill_markers"] = tuple(values["infill_markers"])
+        layout = cls(**values)
+        # The same checks as the training config (choices, markers, the PSM placeholders).
+        DataConfig(
+            kind="infill", path="-", chat_template=layout.chat_template,
+            append_eos=layout.append_eos, response_suffix=layout.response_suffix,
+            infill_markers=layout.infill_markers, psm_template=layout.psm_template,
+        )  # fmt: skip
+        return layout
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (markers as a list)."""
+        return {
+            "chat_template": self.chat_template,
+            "append_eos": self.append_eos,
+            "response_suffix": self.response_suffix,
+            "infill_markers": list(self.infill_markers),
+            "psm_template": self.psm_template,
+        }
+
+
+# --------------------------------------------------------------------------------------------
 # Tokenisation helpers (shared with sampling / evaluation)
 # --------------------------------------------------------------------------------------------
 
@@ -549,7 +613,12 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Token ids of `text` without any special tokens added (BOS/EOS are added explicitly)."""
     if not text:
         return []
-    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    try:
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    except Exception as error:  # e.g. a word-level vocabulary without an unknown token
+        raise ValueError(
+            f"the tokenizer cannot encode {text[:60]!r} ({type(error).__name__}: {error})"
+        ) from error
 
 
 def _use_chat_template(tokenizer: Any, mode: str | bool | None) -> bool:
@@ -670,8 +739,13 @@ def build_infill_example(
         example["middle_end"] = len(prompt_ids) + len(middle_ids)
         return example
     start_marker, end_marker = markers
-    # No instruction (e.g. HumanEval infilling) -> no chat turn around nothing.
-    prompt_ids = encode_prompt(tokenizer, instruction, chat_template=chat_template) if instruction else []
+    # No instruction (e.g. HumanEval infilling): no chat turn around nothing, but the row still
+    # starts with BOS (when the tokenizer has one), as every training row and the PSM prompt do.
+    if instruction:
+        prompt_ids = encode_prompt(tokenizer, instruction, chat_template=chat_template)
+    else:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        prompt_ids = [bos] if bos is not None else []
     left = prompt_ids + encode_text(tokenizer, prefix) + encode_text(tokenizer, start_marker)
     middle_ids = encode_text(tokenizer, middle)
     right = (
@@ -697,23 +771,58 @@ def encode_infill_prompt(
     suffix: str,
     *,
     objective: str = "flexmdm",
-    markers: Sequence[str] = DEFAULT_INFILL_MARKERS,
-    psm_template: str = DEFAULT_PSM_TEMPLATE,
-    chat_template: str | bool | None = "auto",
+    layout: PromptLayout | None = None,
     eos_token_id: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """Sampler inputs for infilling in exactly the training layout of :func:`build_infill_example`.
 
+    ``layout``: the checkpoint's :class:`PromptLayout` (default: the training defaults);
+    ``eos_token_id`` is appended after the suffix only when ``layout.append_eos`` (training did).
     Returns ``(left, right)`` token ids: for ``flexmdm`` the sampler inserts the middle between them
-    (``right`` = END marker + suffix (+ EOS)); for ``mdm`` ``left`` is the PSM prompt the baseline
-    generates after, and ``right`` is empty.
+    (``right`` = END marker + suffix (+ response suffix) (+ EOS)); for ``mdm`` ``left`` is the PSM
+    prompt the baseline generates after, and ``right`` is empty.
     """
+    layout = layout or PromptLayout()
     example = build_infill_example(
-        tokenizer, instruction, prefix, "", suffix, objective=objective, markers=markers,
-        psm_template=psm_template, chat_template=chat_template, eos_token_id=eos_token_id,
+        tokenizer, instruction, prefix, "", suffix, objective=objective,
+        markers=layout.infill_markers, psm_template=layout.psm_template,
+        chat_template=layout.chat_template,
+        eos_token_id=eos_token_id if layout.append_eos else None,
+        response_suffix=layout.response_suffix,
     )
     ids, cut = example["input_ids"], example["middle_start"]
     return ids[:cut], (ids[cut:] if objective == "flexmdm" else [])
+
+
+def encode_generation_inputs(
+    tokenizer: Any,
+    tasks: Sequence[tuple[str | None, str | None, str | None]],
+    *,
+    objective: str,
+    layout: PromptLayout | None = None,
+    eos_token_id: int | None = None,
+) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Sampler inputs for a list of ``(prompt, prefix, suffix)`` tasks in the training layout.
+
+    Plain tasks (``prefix is None``): ``encode_prompt(prompt)``, no suffixes. Infilling tasks
+    (``prefix`` and ``suffix`` given, ``prompt`` an optional instruction): :func:`encode_infill_prompt`;
+    the suffixes are returned for the FlexMDM sampler (None for the MDM baseline, which generates
+    after the PSM prompt). All tasks of one call must be of one kind.
+    """
+    layout = layout or PromptLayout()
+    infill = {prefix is not None for _, prefix, _ in tasks}
+    if len(infill) > 1:
+        raise ValueError("mix of infilling and plain prompts: encode them in separate calls")
+    if not infill or not infill.pop():
+        return [encode_prompt(tokenizer, prompt or "", chat_template=layout.chat_template)
+                for prompt, _, _ in tasks], None
+    pairs = [
+        encode_infill_prompt(tokenizer, prompt or "", prefix, suffix or "", objective=objective,
+                             layout=layout, eos_token_id=eos_token_id)
+        for prompt, prefix, suffix in tasks
+    ]
+    lefts = [left for left, _ in pairs]
+    return lefts, (None if objective == "mdm" else [right for _, right in pairs])
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,7 +861,7 @@ class _RecordProcessor:
             if cfg.add_marker_tokens:
                 from retrofit.tokenization import add_special_tokens
 
-                add_special_tokens(tokenizer, [start, end])
+                add_special_tokens(tokenizer, [marker for marker in (start, end) if marker])
             self.marker_end = encode_text(tokenizer, end)
 
     # ---- field access ----

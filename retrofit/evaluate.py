@@ -185,8 +185,19 @@ class ModelGenerator:
         self.model.eval()
         self.kind = self.model.kind
         self.tokenizer = self._load_tokenizer(tokenizer)
+        from retrofit.tokenization import stop_token_ids
+
+        # An answer ends at the first EOS / end-of-turn token, for both arms alike.
+        self.stops = stop_token_ids(self.tokenizer, self.model.config.eos_token_id)
         self.spec = spec
-        self.chat_template = spec.prompt.get("chat_template", "auto")
+        # The checkpoint's training layout; a spec's explicit prompt settings override it.
+        from retrofit.data import PromptLayout
+
+        self.layout = PromptLayout.from_dict(
+            self.model.config.prompt_layout,
+            chat_template=spec.prompt.get("chat_template"),
+            infill_markers=spec.prompt.get("infill_markers"),
+        )
         self.settings = spec.generation_settings(self.kind)
         self.settings.update(overrides or {})
         self.seed = seed
@@ -229,38 +240,31 @@ class ModelGenerator:
         return len(encode_text(self.tokenizer, text))
 
     def _encode(self, tasks: Sequence[EvalTask]) -> tuple[list[list[int]], list[list[int]] | None]:
-        from retrofit.data import DEFAULT_INFILL_MARKERS, encode_infill_prompt, encode_prompt
+        from retrofit.data import encode_generation_inputs
 
-        if tasks[0].kind == "chat":
-            return [encode_prompt(self.tokenizer, t.prompt, chat_template=self.chat_template)
-                    for t in tasks], None
-        markers = self.spec.prompt.get("infill_markers") or DEFAULT_INFILL_MARKERS
-        pairs = [
-            encode_infill_prompt(
-                self.tokenizer, task.prompt or "", task.prefix, task.suffix, objective=self.kind,
-                markers=markers, chat_template=self.chat_template,
-                eos_token_id=self.model.config.eos_token_id,
-            )
-            for task in tasks
-        ]
-        prompts = [left for left, _ in pairs]
-        return prompts, (None if self.kind == "mdm" else [right for _, right in pairs])
+        return encode_generation_inputs(
+            self.tokenizer,
+            [(t.prompt, t.prefix if t.kind == "infill" else None, t.suffix) for t in tasks],
+            objective=self.kind, layout=self.layout, eos_token_id=self.model.config.eos_token_id,
+        )
 
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
         import torch
 
         from retrofit.sampling import flexmdm_generate, mdm_generate
+        from retrofit.tokenization import cut_at_stop
 
         prompts, suffixes = self._encode(tasks)
         with torch.no_grad():
             if self.kind == "mdm":
                 result = mdm_generate(self.model, prompts, seed=self.seed, progress=False,
                                       **self.settings)
-                answers = [seq[: int(n)] for seq, n in zip(result.sequences, result.lengths)]
+                answers = result.sequences
             else:
                 result = flexmdm_generate(self.model, prompts, suffixes=suffixes, seed=self.seed,
                                           progress=False, **self.settings)
                 answers = result.sequences
+        answers = [cut_at_stop(ids, self.stops) for ids in answers]
         outputs = []
         for index, ids in enumerate(answers):
             extra = {}

@@ -10,11 +10,14 @@ picks the sampler: ``flexmdm`` -> :func:`retrofit.sampling.flexmdm_generate` (in
 tokenizer is the one saved in the checkpoint directory, else the base model's recorded in
 ``retrofit_config.json`` (``--tokenizer`` overrides both).
 
-Prompts are encoded exactly as in training (``retrofit.data.encode_prompt``: the chat template when
-the tokenizer has one). Infilling (``--prefix``/``--suffix``, or JSONL records with ``prefix`` and
-``suffix``) uses the training layouts: FlexMDM grows the middle between the boundary markers
-(``prompt + prefix + START`` ... ``END + suffix + EOS``); the MDM baseline gets the PSM prompt
+Prompts are encoded exactly as in training, with the prompt layout the checkpoint records
+(``retrofit_config.json``'s ``prompt_layout``, written by ``retrofit train``: chat template or plain
+format, boundary markers, response suffix, EOS; ``--chat-template`` / ``--infill-markers``
+override it). Infilling (``--prefix``/``--suffix``, or JSONL records with ``prefix`` and ``suffix``)
+uses the training layouts: FlexMDM grows the middle between the boundary markers
+(``prompt + prefix + START`` ... ``END + suffix``); the MDM baseline gets the PSM prompt
 (``{instruction}\\n<prefix>..</prefix><suffix>..</suffix>``) and generates ``--gen-length`` tokens.
+An answer ends at the first EOS or end-of-turn token (``retrofit.tokenization.stop_token_ids``).
 
 JSONL records: ``{"prompt": "..."}`` or ``{"prefix": "...", "suffix": "...", "prompt": optional
 instruction}``, optionally with an ``"id"``.
@@ -52,15 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--prompts", type=Path, default=None, help="JSONL file of prompts")
     inputs.add_argument("--prefix", default=None, help="infilling: text before the middle")
     inputs.add_argument("--suffix", default=None, help="infilling: text after the middle")
-    inputs.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
+    inputs.add_argument("--chat-template", default=None, choices=["auto", "always", "never"],
+                        help="default: the checkpoint's prompt layout (else auto)")
     inputs.add_argument("--infill-markers", nargs=2, default=None, metavar=("START", "END"),
-                        help="FlexMDM boundary markers (default: the data pipeline's)")
+                        help="FlexMDM boundary markers (default: the checkpoint's prompt layout; "
+                        "'' '' for none)")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=256)
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--temperature", type=float, default=0.0)
-    sampling.add_argument("--batch-size", type=int, default=None)
+    sampling.add_argument("--batch-size", type=int, default=16,
+                          help="prompts per forward batch (outputs do not depend on it)")
     sampling.add_argument("--sort-by-length", action="store_true",
                           help="batch prompts of similar length together (outputs unchanged)")
     sampling.add_argument("--confidence", default="prob_diff",
@@ -166,22 +172,17 @@ def load_tokenizer(model: Any, args: argparse.Namespace) -> Any:
 
 
 def _encode(records, tokenizer, model, args) -> tuple[list[list[int]], list[list[int]] | None]:
-    """Token ids of the prompts (and infilling suffixes) in the training layouts."""
-    from retrofit.data import DEFAULT_INFILL_MARKERS, encode_infill_prompt, encode_prompt
+    """Token ids of the prompts (and infilling suffixes) in the checkpoint's training layout."""
+    from retrofit.data import PromptLayout, encode_generation_inputs
 
-    if records[0]["prefix"] is None:
-        return [encode_prompt(tokenizer, r["prompt"], chat_template=args.chat_template)
-                for r in records], None
-    pairs = [
-        encode_infill_prompt(
-            tokenizer, record["prompt"] or "", record["prefix"], record["suffix"],
-            objective=model.kind, markers=args.infill_markers or DEFAULT_INFILL_MARKERS,
-            chat_template=args.chat_template, eos_token_id=model.config.eos_token_id,
-        )
-        for record in records
-    ]
-    prompts = [left for left, _ in pairs]
-    return prompts, (None if model.kind == "mdm" else [right for _, right in pairs])
+    layout = PromptLayout.from_dict(
+        model.config.prompt_layout, chat_template=args.chat_template,
+        infill_markers=args.infill_markers,
+    )
+    return encode_generation_inputs(
+        tokenizer, [(r["prompt"], r["prefix"], r["suffix"]) for r in records],
+        objective=model.kind, layout=layout, eos_token_id=model.config.eos_token_id,
+    )
 
 
 def cli_main(argv: list[str] | None = None) -> int:
@@ -219,7 +220,7 @@ def cli_main(argv: list[str] | None = None) -> int:
                 steps=args.steps, temperature=args.temperature, cfg_scale=args.cfg_scale,
                 remasking=args.remasking, **common,
             )
-            answers = [seq[: int(length)] for seq, length in zip(result.sequences, result.lengths)]
+            answers = result.sequences
         else:
             forbid = None
             if args.allow_eos and model.config.eos_token_id == model.config.pad_token_id:
@@ -236,6 +237,10 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"retrofit generate: {error}", file=sys.stderr)
         return 2
 
+    from retrofit.tokenization import cut_at_stop, stop_token_ids
+
+    stops = stop_token_ids(tokenizer, model.config.eos_token_id)
+    answers = [cut_at_stop(ids, stops) for ids in answers]
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in answers]
     rows = []
     for index, (record, text, ids) in enumerate(zip(records, texts, answers)):

@@ -4,7 +4,7 @@ FlexMDM (spec section 6). The state is the prompt plus a growing answer; time ru
 ``steps`` Euler steps of ``dt = 1 / steps``. Each step runs ONE forward pass on the live buffer (the
 batch's longest unfinished row; the model appends the trailing slot itself) and then:
 
-- **unmask**: ``k ~ Poisson(n_mask * kappa_beta(t) * dt)`` per row, clamped to the number of
+- **unmask**: ``k ~ Poisson(n_mask * p_beta(t))`` per row, clamped to the number of
   eligible masks (a clean token is never overwritten); the k most confident masks are filled.
   Confidence (``prob_diff`` = top1 - top2 probability, ``top_prob``, ``entropy`` (lower entropy =
   more confident), ``position`` (leftmost first)) is computed from the logits at the candidate
@@ -13,11 +13,15 @@ batch's longest unfinished row; the model appends the trailing slot itself) and 
   n_mask)`` masks left to right. Tokens are the argmax (``temperature == 0``) or a temperature /
   top-p sample; ``forbid_token_ids`` (default: mask and pad, hence EOS where EOS == pad) are never
   emitted.
-- **insert**: ``e_j ~ Poisson(ghat_j * kappa_alpha(t) * dt)`` new masks in slot j, only in the
+- **insert**: ``e_j ~ Poisson(ghat_j * p_alpha(t))`` new masks in slot j, only in the
   answer's slots (slot j is the gap before position j): ``prompt_len <= j <= length`` when
   generating, ``prefix_len <= j <= length - suffix_len`` when infilling. New positions come from a
   cumulative sum and one scatter (no per-token Python loop).
 - the **last step** fills every remaining mask by argmax and inserts nothing.
+- **per-step probabilities**: ``p_a(t) = (a(t + dt) - a(t)) / (1 - a(t))`` is the exact
+  probability that a token still absent (``a = alpha``) or still masked (``a = beta``) at t
+  arrives during the step. It equals ``kappa_a(t) * dt`` to first order and exactly for the linear
+  schedule, and stays finite where ``kappa`` does not (``poly(p < 1)`` has ``kappa(0) = inf``).
 - **early stop**: a row stops once it holds no mask and the expected number of tokens the model
   still wants to insert over the rest of the run, ``sum_j ghat_j * (alpha(1) - alpha(t)) / (1 -
   alpha(t))``, is below ``stop_threshold``. (ghat_j is the expected number of absent tokens in slot
@@ -406,6 +410,26 @@ def _as_rows(rows: TokenRows | None, what: str) -> list[list[int]] | None:
     return result
 
 
+def _stream_ids(row_ids: Sequence[int] | None, n_prompts: int) -> list[int]:
+    """The random-stream id of every prompt: ``row_ids``, or the prompt's index by default."""
+    if row_ids is None:
+        return list(range(n_prompts))
+    row_ids = list(row_ids)
+    if len(row_ids) != n_prompts:
+        raise ValueError(f"row_ids has {len(row_ids)} entries for {n_prompts} prompts: give one each")
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in row_ids):
+        raise ValueError("row_ids must be non-negative integers (one random-stream id per prompt)")
+    return row_ids
+
+
+def _step_probabilities(schedule: Schedule, steps: int) -> list[float]:
+    """``(a(t + dt) - a(t)) / (1 - a(t))`` at ``t = i / steps``, i < steps (float64 maths)."""
+    times = torch.arange(steps + 1, dtype=torch.float64) / steps  # (steps + 1,)
+    remaining = schedule.one_minus_at(times)  # (steps + 1,) 1 - a(t), cancellation-free
+    probability = 1.0 - remaining[1:] / remaining[:-1].clamp_min(1e-300)
+    return probability.nan_to_num(1.0).clamp(0.0, 1.0).tolist()
+
+
 def _check_common(steps: int, batch_size: int | None, n_prompts: int) -> None:
     if n_prompts == 0:
         raise ValueError("no prompts given: pass at least one prompt (an empty prompt [] is fine)")
@@ -416,7 +440,7 @@ def _check_common(steps: int, batch_size: int | None, n_prompts: int) -> None:
 
 
 def _row_generator(seed: int, row_id: int, device: torch.device) -> torch.Generator:
-    """The generator of prompt ``row_id``: a function of (seed, row_id) only."""
+    """The generator of prompt ``row_id`` (its random-stream id): a function of (seed, row_id)."""
     generator = torch.Generator(device=device)
     generator.manual_seed((seed * 0x9E3779B97F4A7C15 + row_id * 0xBF58476D1CE4E5B9 + 1) % 2**63)
     return generator
@@ -462,6 +486,7 @@ def flexmdm_generate(
     mask_token_id: int | None = None,
     pad_token_id: int | None = None,
     seed: int = 0,
+    row_ids: Sequence[int] | None = None,
     batch_size: int | None = None,
     sort_by_length: bool = False,
     fixed_buffer: bool = False,
@@ -487,7 +512,10 @@ def flexmdm_generate(
         forbid_token_ids: tokens never emitted (default: mask and pad); the mask id is always added.
         insertion_schedule, unmasking_schedule: default the model's (its config's) schedules.
         mask_token_id, pad_token_id: default ``model.config``'s.
-        seed: row i draws from a generator seeded by (seed, i).
+        seed: row i draws from a generator seeded by (seed, row_ids[i]).
+        row_ids: random-stream id of each prompt (default: its index). Callers that sample one
+            list in several calls (an evaluator's batches) pass globally distinct ids, so no two
+            calls repeat a stream.
         batch_size: prompts per forward batch (None = all); ``sort_by_length`` groups similar
             lengths together (outputs do not change, see the module docstring).
         fixed_buffer: pad every forward to ``max_length`` (the research sampler's cost; for
@@ -502,6 +530,7 @@ def flexmdm_generate(
     prefix_rows = _as_rows(prompts, "prompts")
     suffix_rows = _as_rows(suffixes, "suffixes")
     _check_common(steps, batch_size, len(prefix_rows))
+    stream_ids = _stream_ids(row_ids, len(prefix_rows))
     if suffix_rows is None:
         suffix_rows = [[] for _ in prefix_rows]
     elif len(suffix_rows) != len(prefix_rows):
@@ -556,10 +585,10 @@ def flexmdm_generate(
     run_device = _model_device(model, device)
     insertion = _resolve_schedule(model, "insertion", insertion_schedule)
     unmasking = _resolve_schedule(model, "unmasking", unmasking_schedule)
-    # Per-step rates as Python floats (float64 maths), computed once.
+    # Per-step arrival probabilities as Python floats (float64 maths), computed once.
     times = torch.arange(steps, dtype=torch.float64) / steps  # (steps,)
-    kappa_alpha = insertion.rate_factor(times).tolist()
-    kappa_beta = unmasking.rate_factor(times).tolist()
+    insert_probability = _step_probabilities(insertion, steps)
+    unmask_probability = _step_probabilities(unmasking, steps)
     alpha_one = float(insertion.at(torch.tensor(1.0, dtype=torch.float64)))
     one_minus_alpha = (1.0 - insertion.at(times)).clamp_min(1e-12)  # (steps,)
     arrival = ((alpha_one - insertion.at(times)) / one_minus_alpha).clamp(0.0, 1.0).tolist()
@@ -579,8 +608,8 @@ def flexmdm_generate(
         seed=int(seed),
         fixed_buffer=fixed_buffer,
         device=run_device,
-        kappa_alpha=kappa_alpha,
-        kappa_beta=kappa_beta,
+        insert_probability=insert_probability,
+        unmask_probability=unmask_probability,
         arrival=arrival,
         pass_positions=_accepts_logits_positions(model),
         progress=progress,
@@ -596,17 +625,18 @@ def flexmdm_generate(
     batches = _batches(
         [len(p) + len(s) for p, s in zip(prefix_rows, suffix_rows)], batch_size, sort_by_length
     )
-    for batch_index, row_ids in enumerate(batches):
+    for batch_index, members in enumerate(batches):
         batch = _flexmdm_batch(
             model,
-            [prefix_rows[i] for i in row_ids],
-            [suffix_rows[i] for i in row_ids],
-            row_ids,
+            [prefix_rows[i] for i in members],
+            [suffix_rows[i] for i in members],
+            members,
+            [stream_ids[i] for i in members],
             batch_index,
             options,
         )
         forward_passes += batch["forward_passes"]
-        for position, row_id in enumerate(row_ids):
+        for position, row_id in enumerate(members):
             sequences[row_id] = batch["answers"][position]
             full_sequences[row_id] = batch["full"][position]
             lengths[row_id] = len(batch["answers"][position])
@@ -640,8 +670,8 @@ class _FlexOptions:
     seed: int
     fixed_buffer: bool
     device: torch.device
-    kappa_alpha: list[float]
-    kappa_beta: list[float]
+    insert_probability: list[float]
+    unmask_probability: list[float]
     arrival: list[float]
     pass_positions: bool
     progress: bool
@@ -653,6 +683,7 @@ def _flexmdm_batch(
     prefixes: list[list[int]],
     suffixes: list[list[int]],
     row_ids: list[int],
+    stream_ids: list[int],
     batch_index: int,
     options: _FlexOptions,
 ) -> dict[str, Any]:
@@ -674,7 +705,7 @@ def _flexmdm_batch(
             suffix, dtype=torch.long
         )
     input_ids = input_ids.to(device)  # (B, W)
-    generators = [_row_generator(options.seed, row_id, device) for row_id in row_ids]
+    generators = [_row_generator(options.seed, stream, device) for stream in stream_ids]
     active = [True] * batch_size
     steps_taken = [0] * batch_size
     truncated = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -733,7 +764,7 @@ def _flexmdm_batch(
             k = n_mask
             candidates = is_mask
         else:
-            rates = n_mask.double() * (options.kappa_beta[step] * dt)  # (A,)
+            rates = n_mask.double() * options.unmask_probability[step]  # (A,)
             k = torch.cat(
                 [
                     torch.poisson(rates[i : i + 1], generator=generators[row])
@@ -752,11 +783,15 @@ def _flexmdm_batch(
             # Rows with k = 0 need no logits at all.
             candidates = is_mask & (mask_rank < window[:, None]) & (k > 0)[:, None]
 
-        t_batch = torch.full((len(active_rows),), t, dtype=torch.float32, device=device)
-        logits, gaps = _call_model(
-            model, ids, row_lengths, t_batch, candidates, options.pass_positions
-        )
-        forward_passes += 1
+        if last and not bool(candidates.any()):
+            # Nothing left to fill and no insertion on the last step: no forward pass needed.
+            logits, gaps = ids.new_empty((0, 0), dtype=torch.float32), None
+        else:
+            t_batch = torch.full((len(active_rows),), t, dtype=torch.float32, device=device)
+            logits, gaps = _call_model(
+                model, ids, row_lengths, t_batch, candidates, options.pass_positions
+            )
+            forward_passes += 1
         if gaps is None and not last:
             raise ValueError(
                 "the model returned no gaps: it is not a FlexMDM (kind 'mdm'?); use mdm_generate"
@@ -764,7 +799,8 @@ def _flexmdm_batch(
 
         # --- unmask ---
         if logits.shape[0] > 0:
-            logits = logits.float().index_fill(-1, options.forbidden, float("-inf"))  # (N, V)
+            logits = logits.float()  # (N, V); a fresh tensor of the LM head: filled in place
+            logits.index_fill_(-1, options.forbidden, float("-inf"))
             if last or options.confidence == "position":
                 selected = candidates
             else:
@@ -805,7 +841,7 @@ def _flexmdm_batch(
             expected_gaps = torch.where(allowed, gaps, 0.0)
             expected_remaining = expected_gaps.sum(dim=1) * options.arrival[step]  # (A,)
             finished = ((remaining_masks == 0) & (expected_remaining < options.stop_threshold)).tolist()
-            insertion_rates = expected_gaps * (options.kappa_alpha[step] * dt)  # (A, L + 1)
+            insertion_rates = expected_gaps * options.insert_probability[step]  # (A, L + 1)
             draws = []
             for i, row in enumerate(active_rows):
                 if finished[i]:
@@ -877,6 +913,7 @@ def mdm_generate(
     pad_token_id: int | None = None,
     eos_token_id: int | None = None,
     seed: int = 0,
+    row_ids: Sequence[int] | None = None,
     batch_size: int | None = None,
     sort_by_length: bool = False,
     device: torch.device | str | None = None,
@@ -896,10 +933,12 @@ def mdm_generate(
 
     forbid_token_ids: tokens never emitted (default: only the mask id; EOS is a normal MDM output).
     eos_token_id: used only to report answer lengths (default ``model.config.eos_token_id``).
+    seed, row_ids: row i draws from a generator seeded by (seed, row_ids[i]) (default: its index).
     Returns :class:`MDMSamplingResult` in the order of ``prompts``.
     """
     prompt_rows = _as_rows(prompts, "prompts")
     _check_common(steps, batch_size, len(prompt_rows))
+    stream_ids = _stream_ids(row_ids, len(prompt_rows))
     block_length = gen_length if block_length is None else block_length
     if gen_length < 1 or block_length < 1 or gen_length % block_length:
         raise ValueError(
@@ -945,10 +984,10 @@ def mdm_generate(
     sequences: list[list[int]] = [[] for _ in range(n_prompts)]
     full_sequences: list[list[int]] = [[] for _ in range(n_prompts)]
     forward_passes = 0
-    for batch_index, row_ids in enumerate(
+    for batch_index, members in enumerate(
         _batches([len(p) for p in prompt_rows], batch_size, sort_by_length)
     ):
-        rows = [prompt_rows[i] for i in row_ids]
+        rows = [prompt_rows[i] for i in members]
         size = len(rows)
         prompt_len = torch.tensor([len(r) for r in rows], dtype=torch.long, device=run_device)
         lengths = prompt_len + gen_length  # (B,)
@@ -960,9 +999,9 @@ def mdm_generate(
         input_ids = input_ids.to(run_device)  # (B, L)
         positions = torch.arange(width, device=run_device)  # (L,)
         is_prompt = positions[None, :] < prompt_len[:, None]  # (B, L)
-        generators = [_row_generator(seed, row_id, run_device) for row_id in row_ids]
+        generators = [_row_generator(seed, stream_ids[row_id], run_device) for row_id in members]
 
-        trace_state = (trace, batch_index, row_ids, prompt_len, lengths, int(mask_id), gen_length)
+        trace_state = (trace, batch_index, members, prompt_len, lengths, int(mask_id), gen_length)
         _mdm_trace(trace_state, 0, steps, input_ids)
         progress_bar = _progress_bar(steps, progress, "mdm")
         for block in range(num_blocks):
@@ -994,8 +1033,8 @@ def mdm_generate(
                     )
                     logits = logits.double()  # (N, V)
                 forward_passes += 1
-                logits = logits.index_fill(-1, forbidden_tensor, float("-inf"))
-                per_row = is_mask.sum(dim=1).tolist()
+                logits.index_fill_(-1, forbidden_tensor, float("-inf"))  # a float64 copy: in place
+                per_row = is_mask.sum(dim=1).tolist() if temperature > 0 or remasking == "random" else []
                 if temperature > 0:
                     # Gumbel-max in float64: argmax(logits - T * log(-log u)) equals LLaDA's
                     # argmax(exp(logits) / (-log u) ** T).
@@ -1014,8 +1053,9 @@ def mdm_generate(
                 else:
                     proposals = logits.argmax(dim=-1)  # (N,)
                 if remasking == "low_confidence":
-                    probabilities = torch.softmax(logits, dim=-1)
-                    scores_flat = probabilities.gather(-1, proposals[:, None]).squeeze(-1)
+                    # softmax(logits)[proposal] without materialising the (N, V) softmax.
+                    chosen = logits.gather(-1, proposals[:, None]).squeeze(-1)  # (N,)
+                    scores_flat = torch.exp(chosen - torch.logsumexp(logits, dim=-1))
                 else:
                     scores_flat = torch.cat(
                         [
@@ -1038,7 +1078,7 @@ def mdm_generate(
                 _mdm_trace(trace_state, block * steps_per_block + inner_step + 1, steps, input_ids)
         progress_bar.close()
         rows_out = input_ids.tolist()
-        for row, row_id in enumerate(row_ids):
+        for row, row_id in enumerate(members):
             start = len(rows[row])
             sequences[row_id] = rows_out[row][start : start + gen_length]
             full_sequences[row_id] = rows_out[row][: start + gen_length]

@@ -28,12 +28,15 @@ __all__ = [
     "DEFAULT_EOS_TOKEN",
     "DEFAULT_MASK_TOKEN",
     "DEFAULT_PAD_TOKEN",
+    "END_OF_TURN_TOKENS",
     "SIMPLE_CHAT_TEMPLATE",
     "SpecialIds",
     "add_special_tokens",
     "build_bpe_tokenizer",
     "build_char_tokenizer",
+    "cut_at_stop",
     "resolve_special_ids",
+    "stop_token_ids",
 ]
 
 DEFAULT_MASK_TOKEN = "<|mdm_mask|>"
@@ -378,3 +381,33 @@ def resolve_special_ids(
                     f"{vocab_size}); the tokenizer does not match the model"
                 )
     return SpecialIds(mask=mask, pad=pad, eos=eos)
+
+
+# End-of-turn tokens of common chat formats: an answer ends at the first of these the vocabulary has.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|endoftext|>", "<|im_end|>", "<|end|>")
+
+
+def stop_token_ids(tokenizer: Any, eos_token_id: int | None = None) -> set[int]:
+    """The ids at which a generated answer ends: ``eos_token_id`` (the model config's EOS, LLaDA's
+    126081), the tokenizer's EOS, and the end-of-turn tokens of :data:`END_OF_TURN_TOKENS` that the
+    tokenizer has as special tokens (LLaDA-8B-Instruct closes a turn with ``<|eot_id|>``)."""
+    stops = {int(eos_token_id)} if eos_token_id is not None else set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        stops.add(int(tokenizer.eos_token_id))
+    special = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    special |= {str(token) for token in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()}
+    for token in END_OF_TURN_TOKENS:
+        if token in special:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id >= 0:
+                stops.add(token_id)
+    return stops
+
+
+def cut_at_stop(ids: Sequence[int], stops: Iterable[int]) -> list[int]:
+    """``ids`` up to (not including) the first stop id; all of ``ids`` when none occurs."""
+    stops = set(stops)
+    for index, token in enumerate(ids):
+        if token in stops:
+            return list(ids[:index])
+    return list(ids)

@@ -870,6 +870,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    from retrofit.data import PromptLayout
     from retrofit.tokenization import resolve_special_ids
 
     started = time.perf_counter()
@@ -894,6 +895,10 @@ def train(
     model = build_model(cfg, tokenizer, accelerator)
     special_ids = resolve_special_ids(tokenizer, mask_token_id=model.config.mask_token_id)
     schedules = (model.insertion_schedule, model.unmasking_schedule)
+
+    # The prompt layout of this run's data goes into every checkpoint (generate / eval use it).
+    data_cfg = dataclasses.replace(cfg.data, objective=cfg.objective.name)
+    model.config.prompt_layout = PromptLayout.from_data_config(data_cfg).to_dict()
 
     # 3. Data: every rank reads the same stream of global micro-batches.
     world_size = accelerator.num_processes

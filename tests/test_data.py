@@ -17,8 +17,10 @@ from retrofit.data import (
     Collator,
     DataConfig,
     ExampleStream,
+    PromptLayout,
     build_dataset,
     build_infill_example,
+    encode_infill_prompt,
     encode_prompt,
     encode_text,
 )
@@ -368,6 +370,59 @@ def test_infill_flexmdm_protects_all_but_the_middle(tokenizer, infill_file):
     assert sorted(map(str, shuffled)) == sorted(map(str, examples))
     _, other_seed = infill_examples(tokenizer, infill_file, seed=8)
     assert other_seed != examples
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"append_eos": None}, {"append_eos": True}, {"append_eos": None, "response_suffix": "<|eot_id|>"},
+     {"append_eos": None, "objective": "mdm"}, {"append_eos": None, "infill_markers": ["", ""]}],
+)
+def test_sampler_inputs_reproduce_the_training_layout(tokenizer, infill_file, overrides):
+    """encode_infill_prompt with the run's PromptLayout (what a checkpoint records) gives exactly
+    the context of the training rows: the left side up to the middle and, for FlexMDM, the right
+    side after it (no EOS unless training appended one)."""
+    stream, examples = infill_examples(tokenizer, infill_file, **overrides)
+    layout = PromptLayout.from_data_config(stream.cfg)
+    objective = overrides.get("objective", "flexmdm")
+    # Default: EOS closes MDM rows only (a FlexMDM models length by insertion).
+    assert layout.append_eos == bool(overrides["append_eos"] or objective == "mdm")
+    eos = tokenizer.eos_token_id
+    for index, (example, record) in enumerate(zip(examples[:6], CODE_SNIPPETS * 4)):
+        ids, start, end = example["input_ids"], example["middle_start"], example["middle_end"]
+        instruction = f"Write function number {index}."
+        middle = decode(tokenizer, ids[start:end])
+        prefix, suffix = record[: record.index(middle)], record[record.index(middle) + len(middle):]
+        left, right = encode_infill_prompt(
+            tokenizer, instruction, prefix, suffix, objective=objective, layout=layout,
+            eos_token_id=eos,
+        )
+        assert left == ids[:start]
+        if objective == "flexmdm":
+            assert right == ids[end:]
+            assert (right[-1:] == [eos]) == layout.append_eos
+        else:
+            assert right == []
+    round_trip = PromptLayout.from_dict(layout.to_dict())
+    assert round_trip == layout
+    assert PromptLayout.from_dict(None) == PromptLayout()
+    assert PromptLayout.from_dict(layout.to_dict(), chat_template="never").chat_template == "never"
+    with pytest.raises(ValueError, match="unknown keys"):
+        PromptLayout.from_dict({"markers": ["a", "b"]})
+
+
+def test_no_instruction_infill_prompt_starts_with_bos(tokenizer):
+    left, right = encode_infill_prompt(tokenizer, "", "def f():\n", "    return 1\n")
+    assert left[0] == tokenizer.bos_token_id
+    assert decode(tokenizer, left[1:]) == "def f():\n<|fim_middle_start|>"
+    assert decode(tokenizer, right) == "<|fim_middle_end|>    return 1\n"
+
+
+def test_untokenizable_text_is_a_clear_error():
+    from retrofit.tokenization import build_char_tokenizer
+
+    brackets = build_char_tokenizer("()")
+    with pytest.raises(ValueError, match="the tokenizer cannot encode 'x'"):
+        encode_text(brackets, "x")
 
 
 def test_infill_mdm_psm_layout_same_span(tokenizer, infill_file):

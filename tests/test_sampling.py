@@ -93,10 +93,11 @@ class StepTokenFlexMDM(StubFlexMDM):
 
 
 class HugeUnmaskRate(LinearSchedule):
-    """kappa_beta = 1000: k ~ Poisson(n_mask * 1000 * dt) far exceeds the eligible masks."""
+    """beta jumps to 1 right after t = 0: every step's unmasking probability is 1, so
+    k ~ Poisson(n_mask) exceeds the eligible masks about half the time."""
 
-    def rate_factor(self, t, **kwargs):
-        return torch.full_like(torch.as_tensor(t, dtype=torch.float64), 1000.0)
+    def _one_minus_at(self, t):
+        return (t == 0).to(t.dtype)
 
 
 class StubMDM(nn.Module):
@@ -183,14 +184,13 @@ def _expected_answer_length(gap: float, steps: int) -> tuple[float, float]:
     """Exact mean and variance of the final answer length m of the discrete-time sampler.
 
     With ghat_j = gap on each of the X = m + 1 answer slots, step n inserts Poisson(c_n X) masks,
-    c_n = gap * kappa_alpha(t_n) * dt (steps 0 .. steps-2; the last step inserts nothing). Hence
+    c_n = gap * (alpha(t_n + dt) - alpha(t_n)) / (1 - alpha(t_n)) = gap * dt / (1 - t_n) for the
+    linear alpha (steps 0 .. steps-2; the last step inserts nothing). Hence
     E[X'] = (1 + c) E[X] and Var[X'] = c E[X] + (1 + c)^2 Var[X], from X = 1 (empty answer).
     """
-    schedule = LinearSchedule()
     mean, variance = 1.0, 0.0
     for step in range(steps - 1):
-        t = torch.tensor(step / steps, dtype=torch.float64)
-        c = gap * float(schedule.rate_factor(t)) / steps
+        c = gap * (1 / steps) / (1 - step / steps)
         mean, variance = (1 + c) * mean, c * mean + (1 + c) ** 2 * variance
     return mean - 1.0, variance
 
@@ -276,6 +276,49 @@ def test_k_clamped_and_clean_tokens_never_overwritten(confidence):
             previous[key] = clean
     for index, clean in previous.items():
         assert _is_subsequence(clean, result.sequences[index])
+
+
+def test_row_ids_make_streams_independent_of_how_a_list_is_split():
+    """Row i draws from (seed, row_ids[i]): sampling a list in two calls with global row ids gives
+    the single call's outputs; the default ids restart at 0 in every call, so identical prompts in
+    two calls would repeat each other."""
+    kwargs = {"steps": 12, "temperature": 1.0, "seed": 4, "progress": False}
+    prompts = [[1, 2]] * 6  # identical prompts: only the random stream tells the rows apart
+    whole = flexmdm_generate(StubFlexMDM(), prompts, **kwargs)
+    assert len({tuple(seq) for seq in whole.sequences}) > 1
+    halves = [
+        flexmdm_generate(StubFlexMDM(), prompts[:3], row_ids=[0, 1, 2], **kwargs),
+        flexmdm_generate(StubFlexMDM(), prompts[3:], row_ids=[3, 4, 5], **kwargs),
+    ]
+    assert halves[0].sequences + halves[1].sequences == whole.sequences
+    repeated = flexmdm_generate(StubFlexMDM(), prompts[3:], **kwargs)  # ids 0, 1, 2 again
+    assert repeated.sequences == halves[0].sequences
+    mdm_kwargs = {"gen_length": 8, "block_length": 4, "steps": 8, "temperature": 1.0, "seed": 4,
+                  "progress": False}
+    mdm_whole = mdm_generate(StubMDM(), prompts, **mdm_kwargs)
+    mdm_half = mdm_generate(StubMDM(), prompts[3:], row_ids=[3, 4, 5], **mdm_kwargs)
+    assert mdm_half.sequences == mdm_whole.sequences[3:]
+    with pytest.raises(ValueError, match="row_ids has 2 entries for 6 prompts"):
+        flexmdm_generate(StubFlexMDM(), prompts, row_ids=[0, 1], **kwargs)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        mdm_generate(StubMDM(), prompts[:1], row_ids=[-1], **mdm_kwargs)
+
+
+@pytest.mark.parametrize("schedule", ["poly(0.5)", "geometric(10, 0.01)", "sin", "cosine", "poly(2)"])
+def test_every_schedule_samples_with_finite_step_probabilities(schedule):
+    """The sampler uses the exact per-step arrival probability (a(t+dt) - a(t)) / (1 - a(t)),
+    which stays finite where the rate factor does not (poly(0.5): kappa(0) = inf)."""
+    from retrofit.sampling import _step_probabilities
+
+    probabilities = _step_probabilities(get_schedule(schedule), 16)
+    assert all(0.0 <= p <= 1.0 for p in probabilities) and sum(probabilities) > 0
+    linear = _step_probabilities(get_schedule("linear"), 16)
+    assert linear == pytest.approx([(1 / 16) / (1 - i / 16) for i in range(16)], rel=1e-12)
+    model = StubFlexMDM(gap=1.0, max_length=256)
+    model.insertion_schedule = model.unmasking_schedule = get_schedule(schedule)
+    result = flexmdm_generate(model, _prompts(4), steps=16, seed=0, progress=False)
+    assert all(MASK not in seq for seq in result.sequences)
+    assert (result.lengths >= 0).all() and result.lengths.sum() > 0
 
 
 def test_same_seed_same_output_and_seed_matters():

@@ -92,8 +92,17 @@ def test_one_training_step_per_tiny_recipe(recipe: Path, tmp_path: Path) -> None
     assert {"loss", "unmask_loss", "insert_loss", "lr", "grad_norm", "tokens_per_s"} <= set(
         records[0]
     )
-    kind = json.loads((final / "retrofit_config.json").read_text())["kind"]
-    assert kind == load_config(recipe, QUIET).objective.name
+    recorded = json.loads((final / "retrofit_config.json").read_text())
+    cfg = load_config(recipe, QUIET)
+    assert recorded["kind"] == cfg.objective.name
+    # The data's prompt layout is recorded for generate / eval (EOS closes MDM rows only).
+    from retrofit.data import PromptLayout
+
+    layout = PromptLayout.from_dict(recorded["prompt_layout"])
+    assert layout.append_eos == (cfg.objective.name == "mdm" if cfg.data.append_eos is None
+                                 else cfg.data.append_eos)
+    assert layout.chat_template == cfg.data.chat_template
+    assert list(layout.infill_markers) == list(cfg.data.infill_markers)
     if recipe.stem == "flexmdm-gsm8k":
         # The final directory is a complete model: `retrofit generate --model output_dir/final` loads it.
         from transformers import AutoTokenizer
