@@ -337,6 +337,31 @@ def test_merge_loads_without_peft(trained_checkpoint, tmp_path, monkeypatch):
     assert torch.equal(resaved(input_ids, lengths, t).gaps, actual.gaps)
 
 
+def test_local_base_is_fingerprinted_and_a_changed_base_warns(tmp_path):
+    base = tmp_path / "base"
+    make_backbone().save_pretrained(base)
+    model = FlexMDM.retrofit(base, "tiny-llada")
+    assert model.config.base_model == str(base.resolve()) and model.config.base_revision is None
+    assert model.config.base_fingerprint.startswith("sha256:")
+    model.save_pretrained(tmp_path / "ckpt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the unchanged base loads silently
+        FlexMDM.from_pretrained(tmp_path / "ckpt")
+    make_backbone(seed=3, n_layers=2, d_model=64).save_pretrained(base)  # same shape, new weights
+    config = json.loads((base / "config.json").read_text())
+    config["initializer_range"] = 0.5  # a changed config.json changes the fingerprint
+    (base / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="differs from the one .* was trained on"):
+        FlexMDM.from_pretrained(tmp_path / "ckpt")
+    # A path into the Hugging Face cache is pinned to its snapshot commit instead.
+    snapshot = tmp_path / "models--x--y" / "snapshots" / ("a" * 40)
+    make_backbone().save_pretrained(snapshot)
+    pinned = FlexMDM.retrofit(snapshot, "tiny-llada")
+    assert pinned.config.base_revision == "a" * 40 and pinned.config.base_fingerprint is None
+
+
 def test_lora_alpha_disagreeing_with_the_config_is_an_error(trained_checkpoint, tmp_path):
     _, directory = trained_checkpoint
     copy_dir = tmp_path / "alpha"

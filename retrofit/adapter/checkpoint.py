@@ -145,4 +145,23 @@ def resolve_backbone_dir(
         )
         commit = directory.name if re.fullmatch(r"[0-9a-f]{40}", directory.name) else None
         return directory, commit
-    return resolve_checkpoint(name_or_path, revision), None
+    directory = resolve_checkpoint(name_or_path, revision)
+    # A local path into the Hugging Face cache (.../snapshots/<commit>) is pinned to that commit.
+    is_snapshot = directory.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", directory.name)
+    return directory, (directory.name if is_snapshot else None)
+
+
+def local_fingerprint(directory: str | os.PathLike) -> str:
+    """A cheap identity of a local backbone directory: sha256 over ``config.json`` and the names
+    and sizes of its weight files (no weights are read). Recorded for a local base model, so that
+    loading a checkpoint on top of a different local base warns."""
+    import hashlib
+
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    config = directory / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size};".encode())
+    return "sha256:" + digest.hexdigest()[:32]

@@ -39,6 +39,7 @@ from retrofit.schedules import Schedule, get_schedule
 from .checkpoint import (
     atomic_directory,
     check_state_dict_keys,
+    local_fingerprint,
     resolve_backbone_dir,
     resolve_checkpoint_dir,
 )
@@ -578,8 +579,10 @@ class FlexMDM(nn.Module):
             backbone, commit = load_backbone(
                 base, revision=revision, dtype=dtype, expected_model_type=spec.backbone.model_type
             )
-            base_id = str(Path(base).resolve()) if Path(base).exists() else str(base)
+            local = Path(base).is_dir()
+            base_id = str(Path(base).resolve()) if local else str(base)
             base_revision = commit or revision  # pin the exact Hub commit when there is one
+            fingerprint = local_fingerprint(base) if local and commit is None else None
         elif isinstance(base, PreTrainedModel):
             backbone = base
             _check_model_type(
@@ -592,7 +595,12 @@ class FlexMDM(nn.Module):
                     dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
                 )
             base_id = getattr(backbone, "name_or_path", None) or None  # "" for models built in code
-            base_revision = revision or getattr(backbone.config, "_commit_hash", None)
+            local = base_id is not None and Path(base_id).is_dir()
+            if local:
+                base_id = str(Path(base_id).resolve())
+            # The commit the instance was loaded from beats a caller's label such as "main".
+            base_revision = getattr(backbone.config, "_commit_hash", None) or revision
+            fingerprint = local_fingerprint(base_id) if local and base_revision is None else None
         else:
             raise TypeError(
                 f"base must be a Hub id, a local path or a PreTrainedModel, "
@@ -656,6 +664,7 @@ class FlexMDM(nn.Module):
             weights="adapter",
             merged=False,
             spec_name=spec.name,
+            base_fingerprint=fingerprint,
             retrofit_version=RETROFIT_VERSION,
         )
         if lora_settings is not None:
@@ -892,6 +901,18 @@ class FlexMDM(nn.Module):
             backbone, _ = load_backbone(
                 base, revision=rev, dtype=dtype, expected_model_type=config.backbone_type
             )
+            if (
+                base_model is None
+                and config.base_fingerprint is not None
+                and Path(str(base)).is_dir()
+                and local_fingerprint(base) != config.base_fingerprint
+            ):
+                warnings.warn(
+                    f"the local base model {base} differs from the one {checkpoint} was trained on "
+                    "(config.json or weight files changed since): outputs may not be the trained "
+                    "model's",
+                    stacklevel=2,
+                )
         shape = _shape_of(backbone)
         if shape != (config.d_model, config.n_layers, config.vocab_size):
             raise ValueError(

@@ -440,7 +440,8 @@ class RetrofitConfig:
     ``base_revision`` and apply the peft adapter stored next to this file; ``"full"`` = the
     checkpoint directory itself holds complete backbone weights (full fine-tuning or a merged
     export, ``merged`` true for the latter). ``lora`` records the LoRA settings used in training.
-    ``prompt_layout`` records how the training data laid out prompts and infilling tasks
+    ``base_fingerprint`` identifies a local base directory (config + weight file sizes; None for
+    Hub bases, which ``base_revision`` pins). ``prompt_layout`` records how the training data laid out prompts and infilling tasks
     (:class:`retrofit.data.PromptLayout`; written by ``retrofit.train``, None = the defaults), so
     sampling and evaluation prompt the model exactly as it was trained.
     """
@@ -472,6 +473,7 @@ class RetrofitConfig:
     weights: str = "adapter"
     merged: bool = False
     spec_name: str | None = None
+    base_fingerprint: str | None = None
     prompt_layout: dict | None = None
     retrofit_version: str = RETROFIT_VERSION
     format_version: int = CONFIG_FORMAT_VERSION
