@@ -42,13 +42,25 @@ tokenised with the model's own tokenizer:
     the vocabulary stays one token. ``add_marker_tokens=True`` adds missing markers to the
     tokenizer as special tokens (in place; the model's embedding must have room for the new ids).
 
+Special tokens: record text is *content* and is encoded with special-token strings as plain text
+(``encode_text``), so a literal ``"<|mdm_mask|>"`` or ``"<|endoftext|>"`` in a document, response
+or infill prefix/middle/suffix never becomes the mask or EOS id. Special tokens are parsed only in
+markup: a chat-template rendering of the prompt, the infill markers, ``response_suffix`` and the
+literal text of ``PLAIN_PROMPT_TEMPLATE`` / ``psm_template``. A chat rendering embeds the user's
+text, so a mask-token string there would still become the mask id: such records are skipped
+(``mask_token_in_prompt``), and no row ever holds the mask id as a clean token
+(``mask_token_in_content`` for a mask token the tokenizer does not mark as special).
+
 Bad records are handled by ``on_bad_record`` (``skip`` | ``truncate`` | ``error``) and counted in
 ``DataStats`` (``stream.stats.summary()``):
 
 - missing field / wrong type / empty text: skipped (``error``: raise);
+- the mask id among the clean tokens (``mask_token_in_prompt`` / ``mask_token_in_content``):
+  skipped (``error``: raise);
 - prompt that leaves no room for a response within ``max_length``: always skipped (``error``: raise);
 - too long: ``truncate`` cuts the response (sft/gsm8k; the EOS may be cut too) or the suffix
-  (infill) and counts it in ``truncated``; ``skip`` skips it; ``error`` raises.
+  (infill; in the MDM PSM prompt the suffix is shortened by characters, never inside a
+  multi-byte character) and counts it in ``truncated``; ``skip`` skips it; ``error`` raises.
   Pretraining documents are chunked, never "too long".
 
 A stream warns once (``warnings.warn``) when more than half of the first 1,000+ records it read
@@ -83,6 +95,8 @@ import hashlib
 import itertools
 import os
 import random
+import re
+import string
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -115,6 +129,7 @@ __all__ = [
     "encode_prompt",
     "encode_text",
     "load_records",
+    "resolve_mask_token_id",
 ]
 
 KINDS = ("pretrain", "sft", "gsm8k", "infill")
@@ -197,7 +212,11 @@ class DataConfig:
         path: Hub dataset id, or a local file / glob / directory. None: the kind's default Hub id
             (``DEFAULT_HUB_DATASETS``; ``sft`` has none and needs a path).
         name: Hub config name; None: the kind's default ("main" for gsm8k, "educational_instruct"
-            for infill).
+            for infill) when ``path`` is None or is the kind's default Hub id, else none.
+        revision: Hub dataset revision (branch, tag or commit sha, e.g. "refs/convert/parquet" for
+            the Hub's auto-converted Parquet files of a dataset that still has a loading script,
+            which datasets >= 4 refuses to run); None: the default branch. Hub datasets only: an
+            error with local files.
         source: "auto" (local when ``path`` exists or looks like a file pattern, the builder
             inferred from the extension; else Hub) | "hub" | "json" | "parquet" | "text" | "csv".
         split: dataset split.
@@ -239,6 +258,7 @@ class DataConfig:
     kind: str = "pretrain"
     path: str | None = None
     name: str | None = None
+    revision: str | None = None
     source: str = "auto"
     split: str = "train"
     fields: dict[str, str] = field(default_factory=dict)
@@ -273,12 +293,17 @@ class DataConfig:
         _check_choice("chat_template", self.chat_template, ("auto", "always", "never"))
         _check_choice("objective", self.objective, ("flexmdm", "mdm"))
         _check_choice("infill_span", self.infill_span, ("lines", "chars"))
-        for name in ("path", "name", "cache_dir"):
+        for name in ("path", "name", "revision", "cache_dir"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(value)):
                 raise TypeError(f"data.{name} must be a non-empty string or null, got {value!r}")
         if self.path is not None:
             self.path = os.fspath(self.path)
+        if self.revision is not None and self.source not in ("auto", "hub"):
+            raise ValueError(
+                f"data.revision={self.revision!r} applies to Hub datasets only, but data.source is "
+                f"{self.source!r} (local files); remove data.revision or set data.source: hub"
+            )
         if not isinstance(self.split, str) or not self.split:
             raise TypeError(f"data.split must be a non-empty string, got {self.split!r}")
         for name in ("streaming", "shuffle", "pack", "add_marker_tokens"):
@@ -459,22 +484,26 @@ def _is_connection_error(exc: BaseException) -> bool:
 def load_records(cfg: DataConfig) -> Any:
     """Load the raw records (no shuffling, sharding or tokenisation).
 
+    Hub datasets: the config name is ``cfg.name``; when it is None and the dataset is the kind's
+    default Hub id (``path`` None or equal to it, e.g. ``openai/gsm8k``), the kind's default config
+    (``DEFAULT_HUB_DATASETS``, "main" for GSM8K) is used, since multi-config datasets cannot be
+    loaded without one. ``cfg.revision`` is passed to ``load_dataset(..., revision=...)``.
+
     Returns:
         A ``datasets.Dataset`` (or ``datasets.IterableDataset`` with ``cfg.streaming``), limited to
-        ``cfg.max_records``.
+        the first ``cfg.max_records`` records.
 
     Raises:
         FileNotFoundError: a local source whose file does not exist.
+        ValueError: ``cfg.revision`` with local files.
         ConnectionError: the Hub cannot be reached (the message says how to use local files via
             ``data.path``).
     """
     import datasets
 
-    path = cfg.path
+    default_path, default_name = DEFAULT_HUB_DATASETS[cfg.kind]
+    path = cfg.path if cfg.path is not None else default_path
     name = cfg.name
-    if path is None:
-        path, default_name = DEFAULT_HUB_DATASETS[cfg.kind]
-        name = name if name is not None else default_name
     assert path is not None  # DataConfig guarantees a path or a default
 
     builder: str | None
@@ -500,6 +529,19 @@ def load_records(cfg: DataConfig) -> Any:
                 )
         else:
             builder = None
+    is_local = builder is not None or os.path.isdir(os.path.expanduser(path))
+    if cfg.revision is not None and is_local:
+        raise ValueError(
+            f"data.revision={cfg.revision!r} applies to Hub datasets only, but data.path={path!r} "
+            "is local; remove data.revision"
+        )
+    if (
+        not is_local
+        and name is None
+        and default_path is not None
+        and path.lower() == default_path.lower()
+    ):
+        name = default_name  # e.g. openai/gsm8k has configs "main" and "socratic"
 
     kwargs: dict[str, Any] = {"split": cfg.split, "streaming": cfg.streaming}
     if cfg.cache_dir is not None:
@@ -522,6 +564,8 @@ def load_records(cfg: DataConfig) -> Any:
     else:
         if name is not None:
             kwargs["name"] = name
+        if cfg.revision is not None:
+            kwargs["revision"] = cfg.revision
         try:
             records = datasets.load_dataset(path, **kwargs)
         except Exception as exc:
@@ -529,12 +573,15 @@ def load_records(cfg: DataConfig) -> Any:
                 raise ConnectionError(
                     f"could not reach the Hugging Face Hub for dataset {path!r}"
                     + (f" (config {name!r})" if name else "")
+                    + (f" (revision {cfg.revision!r})" if cfg.revision else "")
                     + f": {exc}. Offline, point data.path at local files (json/jsonl/parquet/"
                     "text), e.g. data.path=/data/gsm8k/train.jsonl, or pre-download the dataset "
                     "into the datasets cache."
                 ) from exc
             raise
     if cfg.max_records is not None:
+        # The first N records of the whole dataset; `ExampleStream` splits them between ranks by
+        # example (a `take` inside `split_dataset_by_node` would take N / world_size per shard).
         if cfg.streaming:
             records = records.take(cfg.max_records)
         else:
@@ -609,16 +656,117 @@ class PromptLayout:
 # --------------------------------------------------------------------------------------------
 
 
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of `text` without any special tokens added (BOS/EOS are added explicitly)."""
+# A piece of text to encode: (text, is_template). Template text may contain special-token strings
+# that are meant as special tokens (chat/infill markup); content text never does (see encode_text).
+_Piece = tuple[str, bool]
+
+
+def encode_text(tokenizer: Any, text: str, *, parse_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text` without any special tokens added (BOS/EOS are added explicitly).
+
+    By default `text` is *content* (a document, a response, an infill prefix/middle/suffix, a
+    user prompt): special-token strings inside it are encoded as ordinary text
+    (``split_special_tokens=True``), so a literal ``"<|mdm_mask|>"`` or ``"<|endoftext|>"`` in a
+    web page never becomes the mask or EOS id. ``parse_special_tokens=True`` is for *markup*
+    written by this project or its config (a chat-template rendering, infill markers,
+    ``response_suffix``), where such strings are meant as the special tokens.
+
+    Added tokens that are not special (``tokenizer.add_tokens(..., special_tokens=False)``) are
+    always matched: the tokenizer treats them as ordinary vocabulary.
+    """
     if not text:
         return []
     try:
-        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        encoded = tokenizer(
+            text,
+            add_special_tokens=False,
+            split_special_tokens=not parse_special_tokens,
+            verbose=False,
+        )
     except Exception as error:  # e.g. a word-level vocabulary without an unknown token
         raise ValueError(
             f"the tokenizer cannot encode {text[:60]!r} ({type(error).__name__}: {error})"
         ) from error
+    return list(encoded["input_ids"])
+
+
+def _special_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex matching the tokenizer's special added tokens (longest first), or None."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    special = {str(token) for token in decoder.values() if getattr(token, "special", False)}
+    tokens = sorted((token for token in special if token), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
+
+
+def _encode_pieces(tokenizer: Any, pieces: Sequence[_Piece]) -> list[int]:
+    """Encode concatenated pieces: special tokens are parsed in template pieces only.
+
+    The text is cut at the special-token strings of the template pieces (each becomes its id) and
+    every stretch between them -- template and content text together -- is encoded as content.
+    The tokenizer itself cuts its input at special tokens before the sub-word model runs, so the
+    ids equal ``encode_text(..., parse_special_tokens=True)`` of the joined text whenever the
+    content holds no special-token string (special tokens with ``lstrip``/``rstrip`` set aside).
+    """
+    pattern = _special_token_pattern(tokenizer)
+    ids: list[int] = []
+    stretch: list[str] = []
+    for text, is_template in pieces:
+        if not is_template or pattern is None:
+            stretch.append(text)
+            continue
+        position = 0
+        for match in pattern.finditer(text):
+            stretch.append(text[position : match.start()])
+            ids += encode_text(tokenizer, "".join(stretch))
+            ids.append(int(tokenizer.convert_tokens_to_ids(match.group())))
+            stretch = []
+            position = match.end()
+        stretch.append(text[position:])
+    return ids + encode_text(tokenizer, "".join(stretch))
+
+
+def _format_pieces(template: str, **values: str | Sequence[_Piece]) -> list[_Piece]:
+    """``template.format(**values)`` as pieces: literal template text vs the inserted values.
+
+    A string value is content; a value that is already a list of pieces is inserted as is.
+    """
+    pieces: list[_Piece] = []
+    for literal, field_name, format_spec, conversion in string.Formatter().parse(template):
+        if literal:
+            pieces.append((literal, True))
+        if field_name is None:
+            continue
+        if field_name not in values:
+            raise ValueError(
+                f"template {template!r} has an unknown placeholder {{{field_name}}}; known: "
+                + ", ".join(f"{{{key}}}" for key in values)
+            )
+        value = values[field_name]
+        if isinstance(value, str):
+            spec = f"!{conversion}" if conversion else ""
+            spec += f":{format_spec}" if format_spec else ""
+            pieces.append((("{0" + spec + "}").format(value), False))
+        else:
+            pieces.extend(value)
+    return pieces
+
+
+def resolve_mask_token_id(tokenizer: Any, mask_token_id: int | None = None) -> int | None:
+    """The mask id the data must never contain: `mask_token_id` > ``tokenizer.mask_token_id`` >
+    a known mask string in the vocabulary (LLaDA: ``"<|mdm_mask|>"`` = 126336, which its
+    tokenizer does not declare); None when none is known (then nothing is checked)."""
+    if mask_token_id is not None:
+        return int(mask_token_id)
+    mask = getattr(tokenizer, "mask_token_id", None)
+    if mask is not None:
+        return int(mask)
+    from retrofit.tokenization import KNOWN_MASK_TOKENS
+
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    for token in KNOWN_MASK_TOKENS:
+        if token in vocab:
+            return int(vocab[token])
+    return None
 
 
 def _use_chat_template(tokenizer: Any, mode: str | bool | None) -> bool:
@@ -636,6 +784,22 @@ def _use_chat_template(tokenizer: Any, mode: str | bool | None) -> bool:
     return False
 
 
+def _plain_prompt_ids(
+    tokenizer: Any, messages: Sequence[tuple[str, Sequence[_Piece]]]
+) -> list[int]:
+    """BOS + ``PLAIN_PROMPT_TEMPLATE`` per user/system message, assistant contents + newline."""
+    if messages and messages[-1][0] != "user":
+        raise ValueError("the last prompt message must be a user message")
+    pieces: list[_Piece] = []
+    for role, content in messages:
+        if role in ("user", "system"):
+            pieces += _format_pieces(PLAIN_PROMPT_TEMPLATE, prompt=content)
+        else:
+            pieces += [*content, ("\n", True)]
+    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    return bos + _encode_pieces(tokenizer, pieces)
+
+
 def encode_prompt(
     tokenizer: Any,
     prompt: str | Sequence[Mapping[str, str]],
@@ -645,9 +809,12 @@ def encode_prompt(
     """Token ids of a user prompt, ready for the answer to follow (generation prompt included).
 
     With a chat template: ``apply_chat_template(messages, add_generation_prompt=True)`` (the
-    template adds BOS itself). Without: BOS (if the tokenizer has one) +
-    ``PLAIN_PROMPT_TEMPLATE.format(prompt=...)``. Used by the SFT pipelines and by samplers /
-    evaluators that must prompt exactly as in training.
+    template adds BOS itself), encoded with special tokens parsed -- the template's own markup
+    needs it, and the user content embedded in the rendering is parsed too, so a mask-token string
+    in a prompt becomes the mask id: training skips such records (``mask_token_in_prompt``) and
+    ``encode_generation_inputs`` refuses them. Without: BOS (if the tokenizer has one) +
+    ``PLAIN_PROMPT_TEMPLATE.format(prompt=...)``, the contents encoded as plain text. Used by the
+    SFT pipelines and by samplers / evaluators that must prompt exactly as in training.
 
     Args:
         tokenizer: the model's tokenizer.
@@ -657,17 +824,10 @@ def encode_prompt(
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if _use_chat_template(tokenizer, chat_template):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return encode_text(tokenizer, text)
-    parts = []
-    for message in messages:
-        if message["role"] in ("user", "system"):
-            parts.append(PLAIN_PROMPT_TEMPLATE.format(prompt=message["content"]))
-        else:
-            parts.append(f"{message['content']}\n")
-    if parts and messages[-1]["role"] != "user":
-        raise ValueError("the last prompt message must be a user message")
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
-    return bos + encode_text(tokenizer, "".join(parts))
+        return encode_text(tokenizer, text, parse_special_tokens=True)
+    return _plain_prompt_ids(
+        tokenizer, [(message["role"], [(message["content"], False)]) for message in messages]
+    )
 
 
 def choose_infill_span(text: str, rng: random.Random, *, mode: str = "lines") -> tuple[int, int]:
@@ -716,8 +876,13 @@ def build_infill_example(
         (``middle_start = prompt_length``).
 
     Pieces are tokenised separately and concatenated, so the decoded middle is exactly `middle`.
-    Markers are encoded as text unless they are single tokens of the tokenizer (see
-    ``retrofit.tokenization.add_special_tokens``).
+    `prefix`, `middle` and `suffix` are content: special-token strings in them are plain text
+    (``encode_text``). Markers and `response_suffix` are markup: encoded with special tokens
+    parsed, so a marker is a single token when it is one of the tokenizer (see
+    ``retrofit.tokenization.add_special_tokens``) and several ordinary tokens otherwise. The PSM
+    prompt follows ``encode_prompt``: with a chat template the whole rendering is parsed (the
+    training pipeline then skips a prompt holding the mask id); without one only the
+    ``psm_template``'s own text is parsed.
 
     Returns:
         An example dict: input_ids, protected, length, prompt_length, middle_start, middle_end.
@@ -726,10 +891,15 @@ def build_infill_example(
         raise ValueError(f"objective must be 'flexmdm' or 'mdm', got {objective!r}")
     eos = [eos_token_id] if eos_token_id is not None else []
     if objective == "mdm":
-        text = psm_template.format(instruction=instruction, prefix=prefix, suffix=suffix)
-        prompt_ids = encode_prompt(tokenizer, text, chat_template=chat_template)
+        pieces = _format_pieces(psm_template, instruction=instruction, prefix=prefix, suffix=suffix)
+        if _use_chat_template(tokenizer, chat_template):
+            text = "".join(text for text, _ in pieces)
+            prompt_ids = encode_prompt(tokenizer, text, chat_template=chat_template)
+        else:
+            prompt_ids = _plain_prompt_ids(tokenizer, [("user", pieces)])
         middle_ids = encode_text(tokenizer, middle)
-        response = middle_ids + encode_text(tokenizer, response_suffix) + eos
+        response = middle_ids + encode_text(tokenizer, response_suffix, parse_special_tokens=True)
+        response += eos
         example = _example(
             prompt_ids + response,
             [True] * len(prompt_ids) + [False] * len(response),
@@ -746,12 +916,16 @@ def build_infill_example(
     else:
         bos = getattr(tokenizer, "bos_token_id", None)
         prompt_ids = [bos] if bos is not None else []
-    left = prompt_ids + encode_text(tokenizer, prefix) + encode_text(tokenizer, start_marker)
+    left = (
+        prompt_ids
+        + encode_text(tokenizer, prefix)
+        + encode_text(tokenizer, start_marker, parse_special_tokens=True)
+    )
     middle_ids = encode_text(tokenizer, middle)
     right = (
-        encode_text(tokenizer, end_marker)
+        encode_text(tokenizer, end_marker, parse_special_tokens=True)
         + encode_text(tokenizer, suffix)
-        + encode_text(tokenizer, response_suffix)
+        + encode_text(tokenizer, response_suffix, parse_special_tokens=True)
         + eos
     )
     example = _example(
@@ -801,28 +975,50 @@ def encode_generation_inputs(
     objective: str,
     layout: PromptLayout | None = None,
     eos_token_id: int | None = None,
+    mask_token_id: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]] | None]:
     """Sampler inputs for a list of ``(prompt, prefix, suffix)`` tasks in the training layout.
 
     Plain tasks (``prefix is None``): ``encode_prompt(prompt)``, no suffixes. Infilling tasks
     (``prefix`` and ``suffix`` given, ``prompt`` an optional instruction): :func:`encode_infill_prompt`;
     the suffixes are returned for the FlexMDM sampler (None for the MDM baseline, which generates
-    after the PSM prompt). All tasks of one call must be of one kind.
+    after the PSM prompt). All tasks of one call must be of one kind. Texts are encoded exactly as
+    in training: prompts, prefixes and suffixes are content (special-token strings are plain text)
+    except inside a chat-template rendering.
+
+    Raises:
+        ValueError: a task's ids contain the mask id (``mask_token_id``, default
+            :func:`resolve_mask_token_id`), e.g. a literal mask-token string in a chat-templated
+            prompt: the sampler would take it for a position to fill (training skips such
+            records as ``mask_token_in_prompt``).
     """
     layout = layout or PromptLayout()
     infill = {prefix is not None for _, prefix, _ in tasks}
     if len(infill) > 1:
         raise ValueError("mix of infilling and plain prompts: encode them in separate calls")
     if not infill or not infill.pop():
-        return [encode_prompt(tokenizer, prompt or "", chat_template=layout.chat_template)
-                for prompt, _, _ in tasks], None
-    pairs = [
-        encode_infill_prompt(tokenizer, prompt or "", prefix, suffix or "", objective=objective,
-                             layout=layout, eos_token_id=eos_token_id)
-        for prompt, prefix, suffix in tasks
-    ]
-    lefts = [left for left, _ in pairs]
-    return lefts, (None if objective == "mdm" else [right for _, right in pairs])
+        lefts = [encode_prompt(tokenizer, prompt or "", chat_template=layout.chat_template)
+                 for prompt, _, _ in tasks]
+        rights = None
+    else:
+        pairs = [
+            encode_infill_prompt(tokenizer, prompt or "", prefix, suffix or "",
+                                 objective=objective, layout=layout, eos_token_id=eos_token_id)
+            for prompt, prefix, suffix in tasks
+        ]
+        lefts = [left for left, _ in pairs]
+        rights = None if objective == "mdm" else [right for _, right in pairs]
+    mask = resolve_mask_token_id(tokenizer, mask_token_id)
+    if mask is not None:
+        for index, left in enumerate(lefts):
+            if mask in left or (rights is not None and mask in rights[index]):
+                raise ValueError(
+                    f"task {index} encodes to the mask token id {mask}: its prompt holds the mask "
+                    f"token string {tokenizer.convert_ids_to_tokens(mask)!r}, which the chat "
+                    "template renders as the mask token (or the layout's infill_markers / "
+                    "response_suffix do); remove it"
+                )
+    return lefts, rights
 
 
 # --------------------------------------------------------------------------------------------
@@ -840,10 +1036,17 @@ def _gsm8k_templates() -> tuple[Callable[[str], str], Callable[[str], str]]:
 class _RecordProcessor:
     """Turns one raw record into zero or more examples, applying the bad-record policy."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Any, eos_token_id: int | None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer: Any,
+        eos_token_id: int | None,
+        mask_token_id: int | None = None,
+    ) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.fields = cfg.resolved_fields
+        self.mask_id = resolve_mask_token_id(tokenizer, mask_token_id)
         append_eos = cfg.resolved_append_eos
         self.eos = [eos_token_id] if append_eos and eos_token_id is not None else []
         if append_eos and eos_token_id is None:
@@ -851,7 +1054,10 @@ class _RecordProcessor:
                 "data.append_eos is true but no EOS id is known: give the tokenizer an eos_token "
                 "or pass special_ids, or set data.append_eos: false"
             )
-        self.response_suffix = encode_text(tokenizer, cfg.response_suffix)
+        self.response_suffix = encode_text(
+            tokenizer, cfg.response_suffix, parse_special_tokens=True
+        )
+        self._check_markup("response_suffix", self.response_suffix)
         if cfg.kind != "pretrain":
             _use_chat_template(tokenizer, cfg.chat_template)  # fail early on "always"
         if cfg.kind == "gsm8k":
@@ -862,7 +1068,39 @@ class _RecordProcessor:
                 from retrofit.tokenization import add_special_tokens
 
                 add_special_tokens(tokenizer, [marker for marker in (start, end) if marker])
-            self.marker_end = encode_text(tokenizer, end)
+            self.marker_end = encode_text(tokenizer, end, parse_special_tokens=True)
+            start_ids = encode_text(tokenizer, start, parse_special_tokens=True)
+            self._check_markup("infill_markers", start_ids + self.marker_end)
+
+    def _check_markup(self, option: str, ids: list[int]) -> None:
+        """Markup from the config must not encode to the mask id (every row would be skipped)."""
+        if self.mask_id is not None and self.mask_id in ids:
+            raise ValueError(
+                f"data.{option} encodes to the mask token id {self.mask_id}: the diffusion mask "
+                "can never be a clean token; choose another string"
+            )
+
+    def check_mask(self, ids: Sequence[int], prompt_length: int) -> None:
+        """Skip a row whose clean tokens hold the mask id (prompt first, then content).
+
+        Content is encoded with special tokens as plain text, so the mask id can only come from a
+        chat-template rendering of the prompt (``mask_token_in_prompt``), or from a mask token
+        the tokenizer does not mark as special (``mask_token_in_content``).
+        """
+        mask = self.mask_id
+        if mask is None:
+            return
+        if mask in ids[:prompt_length]:
+            raise _Skip(
+                "mask_token_in_prompt",
+                f"the prompt encodes to the mask token id {mask} (a mask-token string in the "
+                "prompt text, parsed by the chat template)",
+            )
+        if mask in ids[prompt_length:]:
+            raise _Skip(
+                "mask_token_in_content",
+                f"the text encodes to the mask token id {mask}, which can never be a clean token",
+            )
 
     # ---- field access ----
 
@@ -881,7 +1119,9 @@ class _RecordProcessor:
 
     def pretrain(self, record: Mapping[str, Any]) -> list[int]:
         """Token ids of one document with EOS appended (the stream chunks or packs them)."""
-        return encode_text(self.tokenizer, self._text(record, "text")) + self.eos
+        ids = encode_text(self.tokenizer, self._text(record, "text"))
+        self.check_mask(ids, 0)
+        return ids + self.eos
 
     def _prompt_response(self, record: Mapping[str, Any]) -> tuple[list[int], list[int]]:
         cfg = self.cfg
@@ -926,6 +1166,7 @@ class _RecordProcessor:
         """One example: protected prompt + response (truncated or skipped when too long)."""
         max_length = self.cfg.max_length
         prompt_ids, response_ids = self._prompt_response(record)
+        self.check_mask(prompt_ids + response_ids, len(prompt_ids))
         if len(prompt_ids) >= max_length:
             raise _Skip(
                 "prompt_too_long",
@@ -975,6 +1216,7 @@ class _RecordProcessor:
             )
 
         example = layout(suffix)
+        self.check_mask(example["input_ids"], example["prompt_length"])
         total = example["length"]
         if total <= cfg.max_length:
             return example
@@ -992,16 +1234,27 @@ class _RecordProcessor:
                 example["input_ids"][:keep], example["protected"][:keep], example["prompt_length"]
             ) | {"middle_start": example["middle_start"], "middle_end": example["middle_end"]}
         else:
-            # PSM: the suffix sits inside the prompt; shorten it by the overflow and re-render.
+            # PSM: the suffix sits inside the prompt; shorten it by the overflow and re-render
+            # (cut by characters: never inside a multi-byte character).
             suffix_ids = encode_text(self.tokenizer, suffix)
             keep = len(suffix_ids) - (total - cfg.max_length)
             if keep < 0:
                 raise _Skip("too_long", f"{total} tokens exceed max_length {cfg.max_length}")
-            example = layout(self.tokenizer.decode(suffix_ids[:keep]))
+            example = layout(_decoded_prefix(self.tokenizer, suffix, suffix_ids[:keep]))
             if example["length"] > cfg.max_length:
                 raise _Skip("too_long", f"{total} tokens exceed max_length {cfg.max_length}")
         stats.truncated += 1
         return example
+
+
+def _decoded_prefix(tokenizer: Any, text: str, ids: Sequence[int]) -> str:
+    """The longest prefix of `text` that the decoded `ids` (a prefix of its encoding) agree with.
+
+    A token-level cut can end inside a multi-byte character, which decodes to U+FFFD; that partial
+    character (and anything else decoding does not reproduce) is dropped, so the shortened text is
+    always a true prefix of `text`.
+    """
+    return os.path.commonprefix([tokenizer.decode(list(ids)), text])
 
 
 def _example(ids: list[int], protected: list[bool], prompt_length: int) -> dict[str, Any]:
@@ -1029,6 +1282,10 @@ class ExampleStream:
     records already read are skipped without tokenisation (map-style: by index; streaming: the
     stream is re-read up to that point).
 
+    Rows never contain the mask id (``mask_token_id``, default :func:`resolve_mask_token_id`) as
+    a clean token: records that would are skipped (``mask_token_in_prompt`` /
+    ``mask_token_in_content``).
+
     Attributes:
         stats: ``DataStats`` of everything read so far (restored on resume).
         special_eos_id: the EOS id appended to documents / responses.
@@ -1042,6 +1299,7 @@ class ExampleStream:
         rank: int = 0,
         world_size: int = 1,
         eos_token_id: int | None = None,
+        mask_token_id: int | None = None,
         records: Any = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
@@ -1055,7 +1313,7 @@ class ExampleStream:
         if eos_token_id is None:
             eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.special_eos_id = eos_token_id
-        self._processor = _RecordProcessor(cfg, tokenizer, eos_token_id)
+        self._processor = _RecordProcessor(cfg, tokenizer, eos_token_id, mask_token_id)
         self._records = load_records(cfg) if records is None else records
         self.stats = DataStats()
         self._epoch = 0
@@ -1076,14 +1334,21 @@ class ExampleStream:
         if cfg.streaming:
             if cfg.shuffle:
                 records = records.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
-            if self.world_size > 1:
+            # With max_records, every rank reads the (same, shared-seed shuffled) first N records
+            # and keeps every world_size-th: split_dataset_by_node would push the `take` into
+            # the shards (N / world_size from each rank's own files, not the first N records).
+            by_example = self.world_size > 1 and cfg.max_records is not None
+            if self.world_size > 1 and not by_example:
                 records = split_dataset_by_node(records, rank=self.rank, world_size=self.world_size)
             # The shuffle seed becomes seed + epoch. Set on the final dataset: the copy made by
             # split_dataset_by_node does not keep an epoch set before it (datasets 5.2).
             records.set_epoch(epoch)
+            iterator: Iterator[Mapping[str, Any]] = iter(records)
+            if by_example:
+                iterator = itertools.islice(iterator, self.rank, None, self.world_size)
             # Records already read are re-read and dropped (no tokenisation): exact, whatever
             # the shuffle buffer held when the position was saved.
-            return itertools.islice(iter(records), skip, None)
+            return itertools.islice(iterator, skip, None)
         if cfg.shuffle:
             records = records.shuffle(seed=cfg.seed + epoch)
         if self.world_size > 1:
@@ -1252,12 +1517,15 @@ def build_dataset(
     rank: int = 0,
     world_size: int = 1,
     eos_token_id: int | None = None,
+    mask_token_id: int | None = None,
 ) -> ExampleStream:
     """Build the resumable example stream of `cfg` for one data-parallel rank.
 
     Ranks read disjoint records: map-style datasets are split into contiguous shards after the
     (shared-seed) shuffle, streaming datasets with ``datasets.distributed.split_dataset_by_node``
     (whole shards when their number divides ``world_size``, else every world_size-th record).
+    ``max_records`` always means the first N records of the dataset: with streaming and several
+    ranks, each rank reads those N records and keeps every world_size-th one.
 
     Args:
         cfg: the data config.
@@ -1265,12 +1533,20 @@ def build_dataset(
         rank, world_size: this process's data-parallel rank and the number of ranks.
         eos_token_id: EOS id to append (default: ``tokenizer.eos_token_id``; pass
             ``resolve_special_ids(...).eos`` when the tokenizer lacks one).
+        mask_token_id: the model's mask id, which no row may contain as a clean token (default
+            :func:`resolve_mask_token_id`: the tokenizer's mask token, else a known mask string
+            in its vocabulary; pass ``resolve_special_ids(...).mask``).
 
     Returns:
         An ``ExampleStream`` yielding example dicts (see the module docstring).
     """
     return ExampleStream(
-        cfg, tokenizer, rank=rank, world_size=world_size, eos_token_id=eos_token_id
+        cfg,
+        tokenizer,
+        rank=rank,
+        world_size=world_size,
+        eos_token_id=eos_token_id,
+        mask_token_id=mask_token_id,
     )
 
 

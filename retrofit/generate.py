@@ -182,6 +182,7 @@ def _encode(records, tokenizer, model, args) -> tuple[list[list[int]], list[list
     return encode_generation_inputs(
         tokenizer, [(r["prompt"], r["prefix"], r["suffix"]) for r in records],
         objective=model.kind, layout=layout, eos_token_id=model.config.eos_token_id,
+        mask_token_id=model.config.mask_token_id,
     )
 
 

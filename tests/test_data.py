@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,16 @@ from retrofit.data import (
     PromptLayout,
     build_dataset,
     build_infill_example,
+    encode_generation_inputs,
     encode_infill_prompt,
     encode_prompt,
     encode_text,
+    load_records,
 )
 from retrofit.evaluation.gsm8k import format_gsm8k_prompt, format_gsm8k_target
 from retrofit.tokenization import SIMPLE_CHAT_TEMPLATE, build_bpe_tokenizer
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GSM8K_TRAIN = SHARED / "data" / "gsm8k" / "train.jsonl"
 
@@ -811,3 +815,317 @@ def test_missing_local_file_and_unreachable_hub(tokenizer, monkeypatch, tmp_path
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConnectionError, match="data.path"):
         build_dataset(DataConfig(kind="gsm8k", cache_dir=str(tmp_path)), tokenizer)
+
+
+# ------------------------------------------------------------------------------ Hub name / revision
+
+
+@pytest.fixture
+def load_dataset_calls(monkeypatch):
+    """Replace `datasets.load_dataset` by a recorder returning a tiny in-memory dataset."""
+    import datasets
+
+    calls: list[tuple[tuple, dict]] = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_list([{"question": "Q?", "answer": "A\n#### 1"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return calls
+
+
+def test_default_hub_config_name_and_revision_reach_load_dataset(load_dataset_calls, tmp_path):
+    def hub_call(**values):
+        load_dataset_calls.clear()
+        load_records(DataConfig(**values))
+        ((args, kwargs),) = load_dataset_calls
+        return args, kwargs
+
+    # GSM8K has two configs: its default Hub id gets "main" whether or not data.path names it.
+    for values in ({"kind": "gsm8k"}, {"kind": "gsm8k", "path": "openai/gsm8k"}):
+        args, kwargs = hub_call(**values)
+        assert args == ("openai/gsm8k",) and kwargs["name"] == "main"
+        assert "revision" not in kwargs
+    assert hub_call(kind="gsm8k", path="openai/gsm8k", name="socratic")[1]["name"] == "socratic"
+    assert "name" not in hub_call(kind="gsm8k", path="someone/gsm8k-copy")[1]
+    args, kwargs = hub_call(kind="infill", path="OpenCoder-LLM/opc-sft-stage2")
+    assert kwargs["name"] == "educational_instruct"
+    # data.revision pins a Hub revision (e.g. the auto-converted Parquet branch).
+    args, kwargs = hub_call(
+        kind="pretrain", path="Skylion007/openwebtext", revision="refs/convert/parquet"
+    )
+    assert args == ("Skylion007/openwebtext",) and kwargs["revision"] == "refs/convert/parquet"
+    assert "name" not in kwargs
+    # Local files have no revision: a clear error instead of a silently ignored option.
+    load_dataset_calls.clear()
+    local = write_jsonl(tmp_path / "gsm8k.jsonl", read_gsm8k(2))
+    with pytest.raises(ValueError, match="data.revision.*Hub datasets only"):
+        load_records(DataConfig(kind="gsm8k", path=str(local), revision="main"))
+    with pytest.raises(ValueError, match="data.revision.*Hub datasets only"):
+        load_records(DataConfig(kind="gsm8k", path=str(tmp_path), revision="main"))
+    with pytest.raises(ValueError, match="data.revision.*Hub datasets only"):
+        DataConfig(kind="gsm8k", path="x.jsonl", source="json", revision="main")
+    with pytest.raises(TypeError, match="data.revision"):
+        DataConfig(revision=3)
+    assert not load_dataset_calls
+
+
+def test_llada_recipes_name_the_gsm8k_config_and_pin_openwebtext(load_dataset_calls):
+    from retrofit.config import load_config
+
+    for name in ("gsm8k", "mdm-gsm8k"):
+        cfg = load_config(
+            REPO / f"recipes/llada-8b/{name}.yaml", ["model.init_from=null"], check_files=False
+        )
+        assert (cfg.data.path, cfg.data.name) == ("openai/gsm8k", "main")
+        load_dataset_calls.clear()
+        load_records(cfg.data)
+        ((args, kwargs),) = load_dataset_calls
+        assert args == ("openai/gsm8k",) and kwargs["name"] == "main"
+    for name in ("transfer", "mdm-transfer"):
+        cfg = load_config(REPO / f"recipes/llada-8b/{name}.yaml", check_files=False)
+        assert cfg.data.path == "Skylion007/openwebtext"
+        assert re.fullmatch(r"[0-9a-f]{40}|refs/convert/parquet", cfg.data.revision)
+        load_dataset_calls.clear()
+        load_records(cfg.data)
+        ((_, kwargs),) = load_dataset_calls
+        assert kwargs["revision"] == cfg.data.revision
+
+
+# ------------------------------------------------------------------------------ special tokens
+
+
+MASK_STRING = "<|mdm_mask|>"
+
+
+def test_special_token_strings_in_content_are_plain_text(tokenizer, tmp_path):
+    mask, eos = tokenizer.mask_token_id, tokenizer.eos_token_id
+    assert tokenizer.convert_tokens_to_ids(MASK_STRING) == mask  # a special token of the vocab
+    text = f"A web page quoting {MASK_STRING} and <|eos|> and <|pad|>{MASK_STRING}."
+    ids = encode_text(tokenizer, text)
+    assert mask not in ids and eos not in ids and tokenizer.pad_token_id not in ids
+    assert decode(tokenizer, ids) == text  # round-trips through decode
+    # Markup keeps its special tokens.
+    assert encode_text(tokenizer, "<|eos|>", parse_special_tokens=True) == [eos]
+
+    # Pretraining documents.
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": text}, {"text": "plain words"}])
+    stream = build_dataset(
+        DataConfig(kind="pretrain", path=str(docs), shuffle=False, num_epochs=1), tokenizer
+    )
+    rows = list(stream)
+    assert len(rows) == 2 and not stream.stats.skipped
+    assert decode(tokenizer, rows[0]["input_ids"]) == text
+    assert all(mask not in row["input_ids"] and eos not in row["input_ids"] for row in rows)
+
+    # SFT responses (plain prompt format: the prompt text is content as well).
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": f"Say {MASK_STRING}", "response": text}]
+    )
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    (example,) = build_dataset(
+        DataConfig(
+            kind="sft", path=str(pairs), shuffle=False, num_epochs=1, response_suffix="<|eos|>"
+        ),
+        plain,
+    )
+    prompt_length = example["prompt_length"]
+    assert mask not in example["input_ids"]
+    assert decode(plain, example["input_ids"][:prompt_length]) == (
+        f"<|bos|>User: Say {MASK_STRING}\nAssistant: "
+    )
+    response = example["input_ids"][prompt_length:]
+    assert response[-1] == eos and eos not in response[:-1]  # only response_suffix is parsed
+    assert decode(plain, response[:-1]) == text
+
+    # Infilling: prefix / middle / suffix are content, the markers markup.
+    marked = copy.deepcopy(tokenizer)
+    record = {"instruction": "Fill in.", "output": f"a = '{MASK_STRING}'\nb = '<|eos|>'\nc = 3\n"}
+    path = write_jsonl(tmp_path / "infill.jsonl", [record])
+    _, (example,) = infill_examples(
+        marked, path, add_marker_tokens=True, infill_markers=["<FIM_A>", "<FIM_B>"]
+    )
+    ids = example["input_ids"]
+    assert mask not in ids and ids.count(eos) == 1 and ids[-1] == eos
+    marker_a, marker_b = marked.convert_tokens_to_ids(["<FIM_A>", "<FIM_B>"])
+    assert ids[example["middle_start"] - 1] == marker_a and ids[example["middle_end"]] == marker_b
+    text = decode(marked, ids[example["prompt_length"] :])
+    assert text.replace("<FIM_A>", "").replace("<FIM_B>", "") == record["output"] + "<|eos|>"
+
+
+def test_mask_token_in_a_chat_prompt_is_skipped_and_refused_for_generation(
+    tokenizer, plain_tokenizer, tmp_path
+):
+    mask = tokenizer.mask_token_id
+    records = [
+        {"prompt": f"What does {MASK_STRING} mean?", "response": "Nothing."},
+        {"prompt": "What is 2+3?", "response": "5"},
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", records)
+
+    def run(tok, policy="skip"):
+        cfg = DataConfig(
+            kind="sft", path=str(path), shuffle=False, num_epochs=1, on_bad_record=policy
+        )
+        stream = build_dataset(cfg, tok)
+        return stream, list(stream)
+
+    # The chat template renders the user text into markup that is parsed: the prompt would hold
+    # the mask id, so the record is skipped and counted.
+    stream, examples = run(tokenizer)
+    assert stream.stats.skipped == {"mask_token_in_prompt": 1}
+    assert len(examples) == 1 and mask not in examples[0]["input_ids"]
+    with pytest.raises(BadRecordError, match="mask token"):
+        run(tokenizer, "error")
+    # Plain prompt format: the prompt is content, the record is kept with the string as text.
+    stream, examples = run(plain_tokenizer)
+    assert not stream.stats.skipped and len(examples) == 2
+    assert all(mask not in example["input_ids"] for example in examples)
+
+    # Generation prompts follow the same rule.
+    prompt = records[0]["prompt"]
+    with pytest.raises(ValueError, match="mask token"):
+        encode_generation_inputs(tokenizer, [(prompt, None, None)], objective="flexmdm")
+    (ids,), _ = encode_generation_inputs(plain_tokenizer, [(prompt, None, None)], objective="mdm")
+    assert ids == examples[0]["input_ids"][: examples[0]["prompt_length"]]
+    assert mask not in ids
+    # Infilling tasks: prefix and suffix are content (no mask id, the training layout).
+    prefix, suffix = f"x = '{MASK_STRING}'\n", "y = '<|eos|>'\n"
+    (left,), (right,) = encode_generation_inputs(
+        tokenizer, [("Fill in.", prefix, suffix)], objective="flexmdm"
+    )
+    example = build_infill_example(tokenizer, "Fill in.", prefix, "", suffix)
+    assert left + right == example["input_ids"] and mask not in left + right
+    assert tokenizer.eos_token_id not in right
+    assert decode(tokenizer, right) == "<|fim_middle_end|>" + suffix
+
+
+def test_mask_token_that_is_not_special_never_enters_a_row(tokenizer, tmp_path):
+    # A backbone whose mask string is an ordinary added token: even content encoding matches it.
+    local = copy.deepcopy(tokenizer)
+    local.add_tokens(["<|mask2|>"], special_tokens=False)
+    mask2 = local.convert_tokens_to_ids("<|mask2|>")
+    docs = write_jsonl(
+        tmp_path / "docs.jsonl", [{"text": "a <|mask2|> b"}, {"text": "clean text"}]
+    )
+    cfg = DataConfig(kind="pretrain", path=str(docs), shuffle=False, num_epochs=1)
+    stream = build_dataset(cfg, local, mask_token_id=mask2)
+    rows = list(stream)
+    assert stream.stats.skipped == {"mask_token_in_content": 1}
+    assert [decode(local, row["input_ids"]) for row in rows] == ["clean text"]
+    # Markup that encodes to the mask id is a config error (every row would be skipped).
+    with pytest.raises(ValueError, match="data.response_suffix encodes to the mask token"):
+        build_dataset(
+            DataConfig(kind="sft", path=str(docs), response_suffix=MASK_STRING), tokenizer
+        )
+    with pytest.raises(ValueError, match="data.infill_markers encodes to the mask token"):
+        build_dataset(
+            DataConfig(kind="infill", path=str(docs), infill_markers=[MASK_STRING, "<b>"]),
+            tokenizer,
+        )
+
+
+def test_psm_template_markup_is_parsed_but_its_content_is_not(plain_tokenizer):
+    local = copy.deepcopy(plain_tokenizer)
+    from retrofit.tokenization import add_special_tokens
+
+    fim_prefix, fim_suffix = add_special_tokens(local, ["<|fim_prefix|>", "<|fim_suffix|>"])
+    template = "{instruction}\n<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}"
+    prefix, suffix = "p = '<|fim_suffix|>'\n", "s = 1\n"
+    example = build_infill_example(
+        local, "Fill in.", prefix, "m = 2\n", suffix, objective="mdm", psm_template=template
+    )
+    prompt = example["input_ids"][: example["prompt_length"]]
+    assert prompt.count(fim_prefix) == 1 and prompt.count(fim_suffix) == 1
+    assert decode(local, prompt) == (
+        f"<|bos|>User: Fill in.\n<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}\nAssistant: "
+    )
+    # Without special-token strings in the content, the ids equal a parse of the whole text.
+    clean = build_infill_example(
+        local, "Fill in.", "p = 0\n", "m = 2\n", suffix, objective="mdm", psm_template=template
+    )
+    text = "User: " + template.format(instruction="Fill in.", prefix="p = 0\n", suffix=suffix)
+    expected = [local.bos_token_id] + encode_text(
+        local, text + "\nAssistant: ", parse_special_tokens=True
+    )
+    assert clean["input_ids"][: clean["prompt_length"]] == expected
+
+
+def test_psm_truncation_never_cuts_inside_a_character(tokenizer):
+    """The MDM baseline shortens the suffix inside its prompt: never into a partial character."""
+    lines = [
+        "名前 = '日本語のテキスト'\n",
+        "grüße = 'ÄÖÜ äöü ß'\n",
+        "emoji = '🙂🚀✨'\n",
+        "文字列 = '漢字とかな'\n",
+        "café = 'crème brûlée'\n",
+    ]
+    records = [
+        {"instruction": f"Complete snippet {i}.", "output": "".join(lines[i:] + lines[:i])}
+        for i in range(len(lines))
+    ]
+    values = {"kind": "infill", "path": "-", "objective": "mdm", "shuffle": False, "num_epochs": 1,
+              "seed": 3, "on_bad_record": "truncate"}
+
+    def examples(max_length, record):
+        cfg = DataConfig(**values, max_length=max_length)
+        stream = ExampleStream(cfg, tokenizer, records=[record])
+        return stream, list(stream)
+
+    def prompt_suffix(example):
+        prompt = decode(tokenizer, example["input_ids"][: example["prompt_length"]])
+        return prompt, re.search(r"<suffix>(.*)</suffix>", prompt, re.DOTALL).group(1)
+
+    checked = 0
+    for record in records:
+        _, (full,) = examples(4096, record)
+        _, suffix = prompt_suffix(full)
+        if len(encode_text(tokenizer, suffix)) < 16:
+            continue
+        for cut in range(1, 9):
+            limit = full["length"] - cut
+            stream, kept = examples(limit, record)
+            assert not stream.stats.skipped, (cut, stream.stats.summary())
+            (short,) = kept
+            assert stream.stats.truncated == 1 and short["length"] <= limit
+            prompt, short_suffix = prompt_suffix(short)
+            assert "\ufffd" not in prompt
+            assert suffix.startswith(short_suffix) and len(short_suffix) < len(suffix)
+            # The response (the middle) is untouched.
+            assert short["input_ids"][short["prompt_length"] :] == full["input_ids"][
+                full["prompt_length"] :
+            ]
+            checked += 1
+    assert checked >= 16
+
+
+# ------------------------------------------------------------------------------ max_records
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_max_records_are_the_first_records_on_every_rank(tokenizer, tmp_path, streaming, shuffle):
+    # Two files = two shards: split_dataset_by_node would hand each rank its own file.
+    for part in range(2):
+        write_jsonl(
+            tmp_path / f"part-{part}.jsonl",
+            [{"text": f"file {part} document {index}"} for index in range(20)],
+        )
+    cfg = DataConfig(
+        kind="pretrain", path=str(tmp_path / "part-*.jsonl"), streaming=streaming,
+        shuffle=shuffle, seed=4, shuffle_buffer=8, max_records=10, num_epochs=1,
+    )  # fmt: skip
+
+    def texts(rank, world_size):
+        stream = build_dataset(cfg, tokenizer, rank=rank, world_size=world_size)
+        return [decode(tokenizer, row["input_ids"]) for row in stream]
+
+    first = {f"file 0 document {index}" for index in range(10)}
+    assert set(texts(0, 1)) == first
+    for world_size in (2, 3):
+        shards = [texts(rank, world_size) for rank in range(world_size)]
+        assert all(shards)
+        assert sum(len(shard) for shard in shards) == 10  # disjoint ...
+        assert set().union(*shards) == first  # ... and exactly the first 10 records
