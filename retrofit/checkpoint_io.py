@@ -42,13 +42,19 @@ def _looks_like_local_path(name: str) -> bool:
     )
 
 
-def is_hub_id(name: str | os.PathLike) -> bool:
+def is_hub_id(name: str | os.PathLike, *, check_local: bool = True) -> bool:
     """Whether ``name`` is a syntactically valid Hub repo id (``name`` or ``namespace/name``) and no
-    existing local path. It does not contact the Hub."""
+    existing local path. It does not contact the Hub.
+
+    ``check_local=False`` checks the spelling only, not whether a path of that name exists relative
+    to the current directory (for names recorded elsewhere, e.g. in another process's results).
+    """
     if isinstance(name, os.PathLike):
         return False
     text = str(name)
-    if not text or Path(text).expanduser().exists() or _looks_like_local_path(text):
+    if not text or _looks_like_local_path(text):
+        return False
+    if check_local and Path(text).expanduser().exists():
         return False
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id

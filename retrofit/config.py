@@ -180,7 +180,17 @@ class LoggingConfig:
 @dataclass
 class TrainConfig:
     """A whole training recipe. ``data`` is a ``retrofit.data.DataConfig`` (validated with the same
-    rules when the recipe is loaded)."""
+    rules when the recipe is loaded).
+
+    Hub push (``retrofit.hub``; the token comes from ``HF_TOKEN`` or ``hf auth login``):
+    ``push_to_hub`` pushes ``output_dir/final`` to ``main`` of ``hub_repo_id`` (created, private
+    when ``hub_private``) at the end of the run; the token and write access are checked, and the
+    repo created, at startup, before the model is built. ``hub_push_checkpoints`` also pushes each
+    saved ``checkpoint-<step>``'s model: ``"branch"`` to its own branch ``step-<step, 6 digits>``
+    (``main`` keeps only the final model), ``"commit"`` as a commit on ``main`` whose message names
+    the step; ``null`` (default) pushes none. A failed checkpoint push warns and training goes on;
+    a failed final push raises.
+    """
 
     output_dir: str = "outputs/run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -195,6 +205,7 @@ class TrainConfig:
     push_to_hub: bool = False
     hub_repo_id: str | None = None
     hub_private: bool = False
+    hub_push_checkpoints: Literal["branch", "commit"] | None = None
     description: str | None = None
 
 
@@ -494,14 +505,36 @@ def _check_values(cfg: TrainConfig) -> None:
         )
     if not 0 < cfg.objective.time_eps < 1:
         raise ConfigError(f"objective.time_eps: must be in (0, 1), got {cfg.objective.time_eps}.")
-    if cfg.push_to_hub and not cfg.hub_repo_id:
-        raise ConfigError(
-            "push_to_hub is true but hub_repo_id is not set (e.g. hub_repo_id=me/llada-flexmdm)."
-        )
+    _check_hub_options(cfg)
     if cfg.data is None:
         raise ConfigError(
             "data: missing section (which dataset to train on); see recipes/tiny/*.yaml."
         )
+
+
+def _check_hub_options(cfg: TrainConfig) -> None:
+    """``push_to_hub`` needs ``hub_repo_id`` (a valid Hub id); ``hub_push_checkpoints`` needs both."""
+    if cfg.hub_push_checkpoints is not None and not (cfg.push_to_hub and cfg.hub_repo_id):
+        raise ConfigError(
+            f"hub_push_checkpoints: {cfg.hub_push_checkpoints!r} pushes every saved checkpoint to the "
+            "Hub, which needs push_to_hub: true and hub_repo_id (e.g. push_to_hub=true "
+            "hub_repo_id=me/llada-flexmdm); or set hub_push_checkpoints=null."
+        )
+    if cfg.push_to_hub and not cfg.hub_repo_id:
+        raise ConfigError(
+            "push_to_hub is true but hub_repo_id is not set (e.g. hub_repo_id=me/llada-flexmdm)."
+        )
+    if cfg.hub_repo_id is not None:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(cfg.hub_repo_id)
+        except HFValidationError as error:
+            raise ConfigError(
+                f"hub_repo_id: {cfg.hub_repo_id!r} is not a valid Hub repo id (expected "
+                f"namespace/name, e.g. me/llada-flexmdm): {error}"
+            ) from error
 
 
 def resolve_path(value: str, recipe_path: Path | None) -> Path:

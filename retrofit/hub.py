@@ -21,13 +21,20 @@ layers import; this module is an entry point (it imports :mod:`retrofit.adapter`
 
 Model-card convention: ``library_name: retrofit`` (the checkpoints load with
 ``retrofit.adapter.FlexMDM.from_pretrained``, not with plain transformers or peft),
-``base_model`` only when the base is a Hub id, ``license`` inherited from the base model's card
-when it can be read (local directory, Hub, or the Hub cache), else omitted.
+``base_model`` only when the base is a Hub id, ``license`` (with ``license_name`` /
+``license_link`` when the base gives them, as the Hub expects for ``license: other``) inherited
+from the base model's card when it can be read (local directory, Hub, or the Hub cache), else
+omitted.
+
+Training runs push through :func:`check_push_access` (at startup, before the model is built) and
+:func:`push_training_checkpoint` (each saved checkpoint to a branch or as a commit, then the final
+model to ``main``); see ``retrofit.train``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import logging
@@ -134,11 +141,21 @@ def _read_retrofit_config(checkpoint_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _find_training_record(checkpoint_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+def _record_folders(checkpoint_dir: Path, search_run_dir: bool) -> tuple[Path, ...]:
+    """Where a checkpoint's records are looked for: the checkpoint directory, then (a training run's
+    layout: ``RUN/final``, ``RUN/checkpoint-N/model``) its parent and grandparent."""
+    if not search_run_dir:
+        return (checkpoint_dir,)
+    return checkpoint_dir, checkpoint_dir.parent, checkpoint_dir.parent.parent
+
+
+def _find_training_record(
+    checkpoint_dir: Path, search_run_dir: bool = True
+) -> tuple[dict[str, Any] | None, Path | None]:
     """The training record nearest to the checkpoint: ``train_summary.json`` (end of a run, in the
     run directory) or ``trainer_state.json`` (an intermediate ``checkpoint-N/`` of a run), looking in
-    the checkpoint directory, then its parent, then its grandparent."""
-    for folder in (checkpoint_dir, checkpoint_dir.parent, checkpoint_dir.parent.parent):
+    the checkpoint directory, then (``search_run_dir``) its parent, then its grandparent."""
+    for folder in _record_folders(checkpoint_dir, search_run_dir):
         for name in (TRAIN_SUMMARY_FILE, TRAINER_STATE_FILE):
             path = folder / name
             if path.is_file():
@@ -148,10 +165,12 @@ def _find_training_record(checkpoint_dir: Path) -> tuple[dict[str, Any] | None, 
     return None, None
 
 
-def _find_recipe(checkpoint_dir: Path, record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _find_recipe(
+    checkpoint_dir: Path, record: Mapping[str, Any] | None, search_run_dir: bool = True
+) -> dict[str, Any] | None:
     """The resolved recipe the run saved (``recipe.yaml`` in the run directory), else the recipe file
     the training record names; None when neither can be read."""
-    candidates = [folder / RECIPE_FILE for folder in (checkpoint_dir, checkpoint_dir.parent, checkpoint_dir.parent.parent)]
+    candidates = [folder / RECIPE_FILE for folder in _record_folders(checkpoint_dir, search_run_dir)]
     if record and isinstance(record.get("recipe"), str):
         candidates.append(Path(record["recipe"]))
     for path in candidates:
@@ -292,19 +311,28 @@ def _records_from_summary(summary: Mapping[str, Any], path: Path, relative_to: P
     ]
 
 
-def find_eval_summaries(checkpoint_dir: str | os.PathLike, eval_paths: Iterable[str | os.PathLike] = ()) -> list[Path]:
+def find_eval_summaries(
+    checkpoint_dir: str | os.PathLike,
+    eval_paths: Iterable[str | os.PathLike] = (),
+    *,
+    search_run_dir: bool = True,
+) -> list[Path]:
     """summary.json files of eval runs on this checkpoint.
 
     ``eval_paths`` (files or directories, searched recursively) are used when given; otherwise the
-    checkpoint directory and the run directory's ``eval*/`` folders are searched (3 levels deep).
+    checkpoint directory and (``search_run_dir``) the run directory's ``eval*/`` folders are
+    searched (3 levels deep). Discovered summaries that name another model are left out (see
+    :func:`_summary_is_about`); explicit ``eval_paths`` are taken as they are.
     """
-    checkpoint = Path(checkpoint_dir)
+    checkpoint = Path(checkpoint_dir).expanduser().resolve()
     roots: list[Path] = [Path(path) for path in eval_paths]
     explicit = bool(roots)
     if not roots:
-        roots = [checkpoint] + sorted(
-            folder for folder in checkpoint.parent.glob("eval*") if folder.is_dir() and folder != checkpoint
-        )
+        roots = [checkpoint]
+        if search_run_dir:
+            roots += sorted(
+                folder for folder in checkpoint.parent.glob("eval*") if folder.is_dir() and folder != checkpoint
+            )
     found: list[Path] = []
     for root in roots:
         if root.is_file():
@@ -321,20 +349,69 @@ def find_eval_summaries(checkpoint_dir: str | os.PathLike, eval_paths: Iterable[
     return [path for path in unique if _summary_is_about(path, checkpoint)]
 
 
+def _path_names_checkpoint(recorded: str, checkpoint: Path, summary_path: Path) -> bool | None:
+    """Whether the model path an eval recorded (in ``summary_path``) is ``checkpoint``; None when
+    ``recorded`` may be a Hub id and nothing says which it is.
+
+    Never resolved against the current directory (the eval may have run from anywhere):
+
+    * an absolute path names the checkpoint when it resolves to it; one that no longer exists (the
+      run directory was moved, or it was another checkpoint since pruned) when its last two
+      components are the checkpoint's (``RUN/final``, ``checkpoint-N/model``);
+    * a relative path (``runs/x/final``, ``./final``, ``../x/checkpoint-5/model``) names it when its
+      components, without leading ``.``/``..``, are the trailing components of the checkpoint's
+      absolute path; it names another directory when it exists relative to a folder holding the
+      summary (``checkpoint-5/model`` next to ``eval/``), or when it cannot be a Hub id.
+    """
+    text = recorded.strip()
+    expanded = Path(text).expanduser()
+    if expanded.is_absolute():
+        if expanded.exists():
+            return expanded.resolve() == checkpoint
+        tail = min(2, len(expanded.parts) - 1, len(checkpoint.parts) - 1)
+        return tail > 0 and expanded.parts[-tail:] == checkpoint.parts[-tail:]
+    parts = [part for part in Path(os.path.normpath(text)).parts if part not in (".", "..")]
+    if not parts:
+        return None
+    names_it = len(parts) < len(checkpoint.parts) and tuple(parts) == checkpoint.parts[-len(parts):]
+    if names_it:
+        return True
+    if any((folder / text).is_dir() for folder in summary_path.parents):
+        return False  # a local directory that is not this checkpoint
+    return None if is_hub_id(text, check_local=False) else False
+
+
+def _file_sha256(path: Path) -> str | None:
+    """sha256 hex digest of a file's bytes; None when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _summary_is_about(path: Path, checkpoint: Path) -> bool:
-    """False when the summary's model identity names another existing local directory than
-    ``checkpoint`` (retrofit eval records ``{"model": {"model": DIR_OR_HUB_ID, ...}}``)."""
+    """Whether an eval summary found next to ``checkpoint`` is about it.
+
+    ``retrofit eval`` records ``{"model": {"model": DIR_OR_HUB_ID, "retrofit_config_sha256": ...}}``.
+    False when the recorded ``retrofit_config.json`` digest differs from the checkpoint's, or the
+    recorded model path names another directory (absolute or relative paths; see
+    :func:`_path_names_checkpoint`); True when nothing says otherwise (no identity, or a Hub id).
+    """
     try:
         summary = _read_json(path)
     except ValueError:
         return False
     if not isinstance(summary, Mapping):
         return False
-    identity = summary.get("model")
+    checkpoint = checkpoint.expanduser().resolve()
+    identity: Any = summary.get("model")
     if isinstance(identity, Mapping):
+        digest = identity.get("retrofit_config_sha256")
+        if isinstance(digest, str) and digest and digest != _file_sha256(checkpoint / CONFIG_FILE):
+            return False
         identity = next((identity[key] for key in MODEL_IDENTITY_KEYS if isinstance(identity.get(key), str)), None)
-    if isinstance(identity, str) and Path(identity).expanduser().is_dir():
-        return Path(identity).expanduser().resolve() == checkpoint.resolve()
+    if isinstance(identity, str) and identity.strip():
+        return _path_names_checkpoint(identity, checkpoint, path) is not False
     return True
 
 
@@ -416,10 +493,17 @@ def _hub_datasets(record: Mapping[str, Any] | None, recipe: Mapping[str, Any] | 
     return list(dict.fromkeys(hub_ids))
 
 
-def _base_license(base_model: str | None, base_revision: str | None) -> str | None:
-    """The license in the base model's card metadata, when it can be read; else None."""
+LICENSE_KEYS = ("license", "license_name", "license_link")
+
+
+def _base_license(base_model: str | None, base_revision: str | None) -> dict[str, str]:
+    """The license metadata of the base model's card, when it can be read: ``license`` and, when the
+    card gives them (the Hub expects them with ``license: other``), ``license_name`` and
+    ``license_link``. A relative ``license_link`` (``LICENSE``: a file of the base repo) becomes
+    the URL of that file in the base repo at its recorded revision; one relative to a local base
+    directory is dropped (it would point nowhere). Empty when nothing can be read."""
     if not base_model:
-        return None
+        return {}
     from huggingface_hub import constants, hf_hub_download, metadata_load, try_to_load_from_cache
 
     readme: str | os.PathLike | None = None
@@ -436,14 +520,27 @@ def _base_license(base_model: str | None, base_revision: str | None) -> str | No
             except (OSError, ValueError, *_transport_error_types()) as error:  # license stays unknown
                 logger.info("could not read the base model's card for its license: %s", error)
     if readme is None:
-        return None
+        return {}
     try:
         metadata = metadata_load(readme) or {}
     except (OSError, ValueError, yaml.YAMLError) as error:  # malformed card: license stays unknown
         logger.info("could not parse the base model card %s: %s", readme, error)
-        return None
-    license_value = metadata.get("license")
-    return license_value if isinstance(license_value, str) else None
+        return {}
+    if not isinstance(metadata.get("license"), str):
+        return {}
+    found = {key: value.strip() for key in LICENSE_KEYS
+             if isinstance(value := metadata.get(key), str) and value.strip()}
+    link = found.get("license_link")
+    if link is not None and not re.match(r"^[a-z][a-z0-9+.-]*://", link, re.IGNORECASE):
+        if local.is_dir():
+            del found["license_link"]
+        else:
+            from urllib.parse import quote
+
+            found["license_link"] = (f"{constants.ENDPOINT}/{base_model}/blob/"
+                                     f"{quote(base_revision or constants.DEFAULT_REVISION, safe='')}/"
+                                     f"{quote(link.removeprefix('./'))}")
+    return found
 
 
 def _retrofit_rows(config: Mapping[str, Any], merged: bool) -> list[tuple[str, str]]:
@@ -518,12 +615,25 @@ def _eval_section(records: list[EvalRecord]) -> list[str]:
     return [_table(("Benchmark", "Metric", "Value", "95% interval", "Samples", "Source"), rows), ""]
 
 
-def _usage_section(load_name: str, kind: str, tokenizer_name: str) -> list[str]:
-    """A snippet that loads the model and generates (CLI and Python)."""
-    if kind == "flexmdm":
-        sampler = "flexmdm_generate"  # the answer length is chosen by the model
+def _usage_section(
+    load_name: str, kind: str, tokenizer_name: str, tokenizer_revision: str | None = None
+) -> list[str]:
+    """How to load the model and generate: the CLI, and the same steps in Python (the prompt encoded
+    in the layout the checkpoint was trained with, the sampler of its kind, the answer cut at its
+    first EOS / end-of-turn token). tests/test_hub.py executes the Python snippet."""
+    if kind == "mdm":
+        sampler = "mdm_generate"
+        call = [
+            "gen_length = min(256, model.config.max_length - len(prompts[0]))  # a fixed answer length",
+            "with torch.no_grad():",
+            "    result = mdm_generate(model, prompts, gen_length=gen_length)",
+        ]
     else:
-        sampler = "mdm_generate"  # fixed answer length (gen_length)
+        sampler = "flexmdm_generate"
+        call = [
+            "with torch.no_grad():",
+            "    result = flexmdm_generate(model, prompts)  # the model chooses the answer length",
+        ]
     return [
         "## Usage",
         "",
@@ -533,15 +643,29 @@ def _usage_section(load_name: str, kind: str, tokenizer_name: str) -> list[str]:
         "```",
         "",
         "```python",
+        "import torch",
         "from transformers import AutoTokenizer",
-        "from retrofit.adapter import FlexMDM",
-        f"from retrofit.sampling import {sampler}",
         "",
-        f'model = FlexMDM.from_pretrained("{load_name}")  # revision="..." pins a branch, tag or commit',
-        f'tokenizer = AutoTokenizer.from_pretrained("{tokenizer_name}")',
-        f'prompt = tokenizer("{USAGE_PROMPT}")["input_ids"]',
-        f"result = {sampler}(model, [prompt])",
-        "print(tokenizer.decode(result.sequences[0]))",
+        "from retrofit.adapter import FlexMDM",
+        "from retrofit.data import PromptLayout, encode_generation_inputs",
+        f"from retrofit.sampling import {sampler}",
+        "from retrofit.tokenization import cut_at_stop, stop_token_ids",
+        "",
+        'device = "cuda" if torch.cuda.is_available() else "cpu"',
+        "dtype = torch.bfloat16 if device == \"cuda\" else torch.float32",
+        '# revision="..." pins a branch, tag or commit',
+        f'model = FlexMDM.from_pretrained("{load_name}", dtype=dtype, device=device)',
+        f'tokenizer = AutoTokenizer.from_pretrained("{tokenizer_name}"'
+        + (f', revision="{tokenizer_revision}")' if tokenizer_revision else ")"),
+        "# Prompts are encoded as in training (the layout is recorded in retrofit_config.json).",
+        "prompts, _ = encode_generation_inputs(",
+        f'    tokenizer, [("{USAGE_PROMPT}", None, None)],',
+        "    objective=model.kind, layout=PromptLayout.from_dict(model.config.prompt_layout),",
+        "    eos_token_id=model.config.eos_token_id,",
+        ")",
+        *call,
+        "answer = cut_at_stop(result.sequences[0], stop_token_ids(tokenizer, model.config.eos_token_id))",
+        "print(tokenizer.decode(answer, skip_special_tokens=True))",
         "```",
         "",
         "Sampling settings (steps, confidence rule, infilling with `--prefix`/`--suffix`): `retrofit generate --help`.",
@@ -555,6 +679,7 @@ def render_model_card(
     repo_id: str | None = None,
     merged: bool = False,
     eval_paths: Iterable[str | os.PathLike] = (),
+    search_run_dir: bool = True,
 ) -> str:
     """Render the README.md model card of a checkpoint from its own files.
 
@@ -563,9 +688,14 @@ def render_model_card(
     steps, tokens, other scalars), the run's ``recipe.yaml`` (training datasets), the base model's
     card (license) and the eval ``summary.json`` files from :func:`find_eval_summaries`.
 
+    ``search_run_dir=False`` reads records from the checkpoint directory alone (and ``eval_paths``),
+    never from its parent or grandparent: for a directory that is no run's (a live model saved to a
+    temporary directory by :func:`push_model`), whose surroundings hold other runs' files.
+
     Returns:
         Markdown with YAML front matter (``base_model`` when the base is a Hub id,
-        ``library_name: retrofit``, ``tags``, ``license`` when the base model's card gives one,
+        ``library_name: retrofit``, ``tags``, ``license`` (and ``license_name`` /
+        ``license_link``) when the base model's card gives one,
         ``datasets``, ``model-index`` with the eval results) that ``huggingface_hub.ModelCard``
         parses. Every number in it comes from those files.
     """
@@ -573,11 +703,11 @@ def render_model_card(
 
     checkpoint = Path(checkpoint_dir).expanduser().resolve()
     config = _read_retrofit_config(checkpoint)
-    record, record_path = _find_training_record(checkpoint)
-    recipe = _find_recipe(checkpoint, record)
-    run_dir = checkpoint.parent
+    record, record_path = _find_training_record(checkpoint, search_run_dir)
+    recipe = _find_recipe(checkpoint, record, search_run_dir)
+    run_dir = checkpoint.parent if search_run_dir else checkpoint
     eval_records = [
-        item for path in find_eval_summaries(checkpoint, eval_paths)
+        item for path in find_eval_summaries(checkpoint, eval_paths, search_run_dir=search_run_dir)
         for item in _records_from_summary(_read_json(path), path, run_dir)
     ]
 
@@ -590,6 +720,8 @@ def render_model_card(
     load_name = repo_id or str(checkpoint)
     has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer_name = load_name if has_tokenizer or not base_is_hub else base_model
+    # The base model's tokenizer (the checkpoint has none) at the revision it was trained with.
+    tokenizer_revision = base_revision if tokenizer_name != load_name else None
 
     tags = ["flexmdm" if kind == "flexmdm" else "mdm-baseline", "retrofit", "masked-diffusion",
             "diffusion-language-model"]
@@ -612,7 +744,7 @@ def render_model_card(
     card_data = ModelCardData(
         base_model=base_model if base_is_hub else None,
         library_name=LIBRARY_NAME,
-        license=_base_license(base_model, base_revision),
+        **_base_license(base_model, base_revision),
         datasets=datasets or None,
         tags=tags,
         pipeline_tag="text-generation",
@@ -650,7 +782,7 @@ def render_model_card(
         "## Evaluation",
         "",
         *_eval_section(eval_records),
-        *_usage_section(load_name, kind, tokenizer_name),
+        *_usage_section(load_name, kind, tokenizer_name, tokenizer_revision),
     ]
     card = ModelCard("---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(sections))
     return str(card)
@@ -785,15 +917,22 @@ def _check_token_accepted(api: Any, action: str, where: str, token_source: str) 
     return identity if isinstance(identity, Mapping) else {}
 
 
-def check_push_access(repo_id: str, *, token: str | None = None) -> str:
-    """Preflight for a run that will push at its end: a token exists, the Hub accepts it and it is
-    not read-only. Call it before training so a missing or bad token fails in seconds, not hours.
+def check_push_access(
+    repo_id: str, *, token: str | None = None, create: bool = False, private: bool = False
+) -> str:
+    """Preflight for a run that will push later: a token exists, the Hub accepts it and it is not
+    read-only. Call it before training so a missing or bad token fails in seconds, not hours.
+
+    ``create=True`` also creates the repo now (``private`` as in :func:`push_checkpoint`; nothing
+    happens when it exists), which proves the token may write to its namespace: a token of another
+    user or an organisation it cannot write to fails here (HTTP 403) instead of at the first push.
 
     Returns the Hub user (or organisation) name the token belongs to.
 
     Raises:
         ValueError: invalid ``repo_id``.
-        PermissionError: no token, rejected token, or a read-only token.
+        PermissionError: no token, rejected token, a read-only token, or (``create``) no write
+            access to the repo's namespace.
         ConnectionError: offline mode, or the Hub cannot be reached.
     """
     from huggingface_hub import HfApi, constants
@@ -808,7 +947,11 @@ def check_push_access(repo_id: str, *, token: str | None = None) -> str:
         raise ConnectionError("offline mode is on (HF_HUB_OFFLINE=1): unset it to push to the Hub")
     resolved_token, token_source = _resolve_token(token)
     api = HfApi(token=resolved_token)
-    identity = _check_token_accepted(api, "checking push access", f"{api.endpoint}/{repo_id}", token_source)
+    where = f"{api.endpoint}/{repo_id}"
+    identity = _check_token_accepted(api, "checking push access", where, token_source)
+    if create:
+        with _hub_errors("creating the repo", where, token_source):
+            api.create_repo(repo_id, private=private, exist_ok=True)
     return str(identity.get("name", ""))
 
 
@@ -824,6 +967,7 @@ def push_checkpoint(
     eval_paths: Iterable[str | os.PathLike] = (),
     verify: bool = True,
     dry_run: bool = False,
+    search_run_dir: bool = True,
 ) -> str:
     """Upload a retrofit checkpoint and its generated model card to the Hub in one commit.
 
@@ -842,6 +986,9 @@ def push_checkpoint(
             checkpoint (to merge it).
         dry_run: check and stage everything but contact no server; returns a description of the
             upload instead of a URL.
+        search_run_dir: let the card read the training record, recipe and evals of the run
+            directory around the checkpoint (see :func:`render_model_card`); False for a directory
+            that belongs to no run.
 
     Returns:
         The URL of the commit on the Hub.
@@ -898,7 +1045,8 @@ def push_checkpoint(
                 # Load exactly the files that will be uploaded: a file missing from the set fails here.
                 _load_for_check(staging, f"checkpoint {checkpoint} (files: {', '.join(names)})")
         (staging / "README.md").write_text(
-            render_model_card(checkpoint, repo_id=repo_id, merged=merged, eval_paths=eval_paths),
+            render_model_card(checkpoint, repo_id=repo_id, merged=merged, eval_paths=eval_paths,
+                              search_run_dir=search_run_dir),
             encoding="utf-8",
         )
         uploaded = sorted(path.name for path in staging.iterdir())
@@ -924,12 +1072,18 @@ def push_checkpoint(
 def push_model(model: Any, repo_id: str, **kwargs: Any) -> str:
     """Save a live ``FlexMDM`` to a temporary directory and push it (``model.push_to_hub`` backend).
 
-    ``kwargs`` are those of :func:`push_checkpoint`; the card then has no training record or evals
-    (push the run's checkpoint directory instead to include them).
+    ``kwargs`` are those of :func:`push_checkpoint`. The model is saved into a private directory
+    nested in a fresh temporary one, and the card reads records from that directory alone
+    (``search_run_dir=False``): nothing around the system's temporary directory (another run's
+    ``train_summary.json`` or ``eval*/`` results) can end up in the card. It therefore has no
+    training record and only the evals passed as ``eval_paths`` (push the run's checkpoint
+    directory instead to include its records).
     """
+    kwargs.setdefault("search_run_dir", False)
     with tempfile.TemporaryDirectory(prefix="retrofit-save-") as temp:
-        model.save_pretrained(temp)
-        return push_checkpoint(temp, repo_id, **kwargs)
+        directory = Path(temp) / "model"
+        model.save_pretrained(str(directory))
+        return push_checkpoint(directory, repo_id, **kwargs)
 
 
 def training_branch_name(step: int) -> str:

@@ -23,6 +23,14 @@ and renamed to ``output_dir/checkpoint-N`` once complete (a ``COMPLETE`` marker 
 ``state/`` (accelerate ``save_state``: optimizer, scheduler, RNG states, DeepSpeed shards, and the
 trainable weights in fp32) and ``trainer_state.json`` (step, tokens seen, data position).
 ``checkpoint.resume: latest`` continues from the newest complete one.
+
+Hub push (main process only). With ``push_to_hub: true`` the token, its write access and the repo
+``hub_repo_id`` are checked (the repo is created) at startup, before the model is built, so a
+missing or read-only token fails in seconds; ``output_dir/final`` is pushed to ``main`` at the end
+(a failure raises). ``hub_push_checkpoints: branch | commit`` also pushes each saved checkpoint's
+``model/`` right after it is renamed into place, in a background thread (training goes on during
+the upload; one upload at a time), to the branch ``step-NNNNNN`` or as a commit on ``main``; a
+failed checkpoint push is reported loudly (stderr and a RuntimeWarning) and training continues.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ import re
 import shutil
 import string
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -380,7 +390,8 @@ class GlobalBatchStream:
         data_cfg = dataclasses.replace(cfg.data, objective=cfg.objective.name)
         self.max_length = data_cfg.max_length
         self.examples = build_dataset(
-            data_cfg, tokenizer, rank=0, world_size=1, eos_token_id=special_ids.eos
+            data_cfg, tokenizer, rank=0, world_size=1, eos_token_id=special_ids.eos,
+            mask_token_id=special_ids.mask,
         )
         collator = Collator(
             special_ids.pad,
@@ -693,11 +704,78 @@ def _load_trainable_state_dict(model: torch.nn.Module, path: Path) -> None:
             param.copy_(saved[name].to(param.dtype))
 
 
+class HubCheckpointPusher:
+    """Pushes saved checkpoints to ``cfg.hub_repo_id`` in a background thread (main process only).
+
+    :meth:`submit` starts the push of one checkpoint's ``model/`` directory
+    (``retrofit.hub.push_training_checkpoint`` in the ``cfg.hub_push_checkpoints`` mode) and
+    returns at once, so training goes on during the upload; it first waits for the previous upload
+    (one at a time, in step order). A failed push never stops training: it is printed to stderr
+    when it happens and raised as a ``RuntimeWarning`` by the next :meth:`wait` (from the training
+    thread); the checkpoint stays on disk, to be pushed later with ``retrofit push``.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        if cfg.hub_repo_id is None or cfg.hub_push_checkpoints is None:
+            raise ValueError("HubCheckpointPusher needs hub_repo_id and hub_push_checkpoints")
+        self.repo_id: str = cfg.hub_repo_id
+        self.mode: str = cfg.hub_push_checkpoints
+        self.private = cfg.hub_private
+        self.pushed: list[tuple[int, str]] = []  # (step, commit URL)
+        self.failures: list[tuple[int, str]] = []  # (step, message)
+        self._reported = 0
+        self._thread: threading.Thread | None = None
+
+    def submit(self, model_dir: Path, step: int) -> None:
+        """Start pushing ``model_dir`` (the model of ``checkpoint-<step>``) in the background."""
+        self.wait()
+        self._thread = threading.Thread(
+            target=self._push, args=(model_dir, step), name=f"hub-push-step-{step}"
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for the upload in flight (if any); warn about each push that failed since the
+        last call."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for _, message in self.failures[self._reported :]:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        self._reported = len(self.failures)
+
+    def _push(self, model_dir: Path, step: int) -> None:
+        from retrofit.hub import push_training_checkpoint, training_branch_name
+
+        try:
+            # verify=False: the directory was just written from the live model by save_pretrained.
+            url = push_training_checkpoint(
+                model_dir, self.repo_id, step=step, mode=self.mode, private=self.private,
+                verify=False,
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - a push must never kill the run
+            branch = training_branch_name(step) if self.mode == "branch" else None
+            where = self.repo_id + (f" (branch {branch})" if branch else "")
+            command = f"retrofit push {model_dir} --repo-id {self.repo_id}"
+            command += f" --revision {branch}" if branch else ""
+            message = (
+                f"hub_push_checkpoints: pushing checkpoint step {step} ({model_dir}) to {where} "
+                f"FAILED ({type(error).__name__}: {error}). Training continues; the checkpoint "
+                f"stays on disk: push it later with `{command}`."
+            )
+            self.failures.append((step, message))
+            print(f"\n{'!' * 100}\n{message}\n{'!' * 100}", file=sys.stderr, flush=True)
+            return
+        self.pushed.append((step, url))
+        print(f"hub_push_checkpoints: pushed checkpoint step {step} to {url}", flush=True)
+
+
 class CheckpointManager:
     """Writes checkpoints atomically (temp dir + rename, ``COMPLETE`` marker) and keeps the last K.
 
     Every process must call :meth:`save` (DeepSpeed shards and per-rank RNG states); the output
-    directory must be on a file system shared by all nodes.
+    directory must be on a file system shared by all nodes. With a ``pusher`` (main process), each
+    checkpoint's ``model/`` is handed to it right after the rename.
     """
 
     def __init__(
@@ -706,11 +784,13 @@ class CheckpointManager:
         accelerator: Accelerator,
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
+        pusher: HubCheckpointPusher | None = None,
     ) -> None:
         self.cfg = cfg
         self.accelerator = accelerator
         self.model = model
         self.tokenizer = tokenizer
+        self.pusher = pusher
         self.root = Path(cfg.output_dir)
         self.deepspeed = _is_deepspeed(accelerator)
         if not self.deepspeed:
@@ -748,7 +828,11 @@ class CheckpointManager:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            if self.pusher is not None:
+                self.pusher.wait()  # the upload in flight may read a checkpoint _prune deletes
             self._prune()
+            if self.pusher is not None:
+                self.pusher.submit(final / "model", step)
         accelerator.wait_for_everyone()
         return final
 
@@ -878,6 +962,13 @@ def train(
 
     # 1. Accelerator (DDP / DeepSpeed / CPU from `accelerate launch`) and the seed.
     accelerator = build_accelerator(cfg)
+    if accelerator.is_main_process and cfg.push_to_hub:
+        _check_hub_access(cfg)  # a missing / read-only token fails now, not after the run
+    pusher = (
+        HubCheckpointPusher(cfg)
+        if accelerator.is_main_process and cfg.push_to_hub and cfg.hub_push_checkpoints
+        else None
+    )
     from accelerate.utils import set_seed
 
     set_seed(cfg.training.seed)
@@ -926,7 +1017,7 @@ def train(
         f"({world_size} processes x {cfg.training.micro_batch_size} x {cfg.training.gradient_accumulation_steps} accumulation)"
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    checkpoints = CheckpointManager(cfg, accelerator, model, tokenizer)
+    checkpoints = CheckpointManager(cfg, accelerator, model, tokenizer, pusher=pusher)
 
     # 5. Resume.
     step, tokens_seen, elapsed_before = 0, 0, 0.0
@@ -1074,6 +1165,8 @@ def train(
                 },
             )
     progress.close()
+    if pusher is not None:
+        pusher.wait()  # the last checkpoint's upload, before the final push
     accelerator.print(data.stats_summary)
 
     elapsed = elapsed_before + time.perf_counter() - started
@@ -1107,20 +1200,42 @@ def train(
             }
             (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
             if cfg.push_to_hub and result.final_dir is not None:
-                _push_to_hub(cfg, result.final_dir)
+                _push_to_hub(cfg, result.final_dir, step)
     metrics.close()
     accelerator.wait_for_everyone()
     return result
 
 
-def _push_to_hub(cfg: TrainConfig, final_dir: Path) -> None:
-    """Push the final checkpoint with ``retrofit.hub.push_checkpoint`` when that module exists."""
+def _check_hub_access(cfg: TrainConfig) -> None:
+    """Startup preflight of ``push_to_hub`` (main process, before the model is built): a token
+    exists, the Hub accepts it, it may write, and ``hub_repo_id`` exists (it is created now, private
+    when ``hub_private``). Raises PermissionError / ConnectionError / ValueError saying what to fix."""
+    from retrofit.hub import check_push_access
+
     try:
-        from retrofit.hub import push_checkpoint
-    except ImportError:
-        print("push_to_hub: retrofit.hub is not available; skipping the push", file=sys.stderr)
-        return
-    push_checkpoint(str(final_dir), cfg.hub_repo_id, private=cfg.hub_private)
+        user = check_push_access(cfg.hub_repo_id, create=True, private=cfg.hub_private)
+    except (PermissionError, ConnectionError, ValueError) as error:
+        message = (
+            f"push_to_hub: the run would push to {cfg.hub_repo_id}, but the check before training "
+            f"failed: {error} Nothing was trained. Fix the token (HF_TOKEN or `hf auth login`, "
+            "with write access), or run with push_to_hub=false."
+        )
+        for kind in (PermissionError, ConnectionError, ValueError):
+            if isinstance(error, kind):
+                raise kind(message) from error
+        raise
+    owner = user or "this user"
+    print(f"push_to_hub: {cfg.hub_repo_id} is writable with the token of {owner}", flush=True)
+
+
+def _push_to_hub(cfg: TrainConfig, final_dir: Path, step: int) -> None:
+    """Push the final checkpoint to ``main`` of ``cfg.hub_repo_id``; a failure raises."""
+    from retrofit.hub import push_checkpoint
+
+    push_checkpoint(
+        str(final_dir), cfg.hub_repo_id, private=cfg.hub_private,
+        commit_message=f"Final retrofit checkpoint (step {step})",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,6 +172,29 @@ def test_wrong_values_name_the_key(tmp_path: Path, override: str, pattern: str) 
         load_config(_write(tmp_path, _minimal()), [override])
 
 
+def test_hub_push_options(tmp_path: Path) -> None:
+    recipe = _write(tmp_path, _minimal())
+    assert load_config(recipe).hub_push_checkpoints is None
+    push = ["push_to_hub=true", "hub_repo_id=me/model"]
+    for mode in ("branch", "commit"):
+        cfg = load_config(recipe, [*push, f"hub_push_checkpoints={mode}"])
+        assert cfg.push_to_hub and cfg.hub_repo_id == "me/model"
+        assert cfg.hub_push_checkpoints == mode
+    assert load_config(recipe, [*push, "hub_push_checkpoints=null"]).hub_push_checkpoints is None
+    needs_push = r"hub_push_checkpoints: 'branch' .*needs push_to_hub: true and hub_repo_id"
+    with pytest.raises(ConfigError, match=needs_push):
+        load_config(recipe, ["hub_push_checkpoints=branch"])
+    with pytest.raises(ConfigError, match=needs_push):
+        load_config(recipe, ["hub_push_checkpoints=branch", "hub_repo_id=me/model"])
+    bad_mode = r"hub_push_checkpoints: expected 'branch' \| 'commit' \| null, got 'tag'"
+    with pytest.raises(ConfigError, match=bad_mode):
+        load_config(recipe, [*push, "hub_push_checkpoints=tag"])
+    with pytest.raises(ConfigError, match=r"hub_repo_id: 'me/bad name' is not a valid Hub repo id"):
+        load_config(recipe, ["push_to_hub=true", "hub_repo_id=me/bad name"])
+    with pytest.raises(ConfigError, match=r"hub_repo_id: 'a/b/c' is not a valid Hub repo id"):
+        load_config(recipe, ["hub_repo_id=a/b/c"])
+
+
 def test_missing_files_are_reported_before_training(tmp_path: Path) -> None:
     recipe = _write(tmp_path, _minimal())
     with pytest.raises(ConfigError, match=r"recipe .*nope\.yaml.* does not exist"):

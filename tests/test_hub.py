@@ -9,10 +9,13 @@ The CLI test runs `retrofit push` in a subprocess with those variables set befor
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from contextlib import redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +35,7 @@ from retrofit.checkpoint_io import resolve_checkpoint
 from retrofit.hub import (
     check_push_access,
     cli_main,
+    find_eval_summaries,
     push_checkpoint,
     push_model,
     push_training_checkpoint,
@@ -57,6 +61,24 @@ def tree_hashes(directory: Path) -> dict[str, str]:
 
 def fresh_cache(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(directory))
+
+
+def run_card_snippet(card: str) -> str:
+    """Execute the Python usage snippet of a model card as a user would paste it; returns its stdout."""
+    assert card.count("```python\n") == 1, "the card should hold exactly one Python snippet"
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        exec(compile(code, "<model card usage snippet>", "exec"), {"__name__": "__model_card__"})  # noqa: S102
+    return printed.getvalue()
+
+
+def word_tokenizer(directory: Path) -> None:
+    """Save the tiny word-level tokenizer the test checkpoints carry (t0..t124, [UNK])."""
+    tokenizer_object = Tokenizer(WordLevel({f"t{index}": index for index in range(125)} | {"[UNK]": 125}, "[UNK]"))
+    tokenizer_object.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, mask_token="[MASK]", eos_token="[EOS]",
+                            pad_token="[EOS]").save_pretrained(directory)
 
 
 def model_outputs(model: FlexMDM) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,10 +130,7 @@ def run_dir(hub, tmp_path_factory) -> Path:
     (checkpoint / "logs").mkdir()
     (checkpoint / "logs" / "events.txt").write_text("step 1\n")
 
-    tokenizer_object = Tokenizer(WordLevel({f"t{index}": index for index in range(125)} | {"[UNK]": 125}, "[UNK]"))
-    tokenizer_object.pre_tokenizer = Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, mask_token="[MASK]", eos_token="[EOS]",
-                            pad_token="[EOS]").save_pretrained(checkpoint)
+    word_tokenizer(checkpoint)
     # The records retrofit.train writes in the run directory.
     (run / "recipe.yaml").write_text(yaml.safe_dump({"recipe": "recipes/tiny/flexmdm-gsm8k.yaml",
                                                      "data": {"kind": "gsm8k", "path": None}}))
@@ -192,7 +211,8 @@ def test_push_uploads_exactly_the_adapter_and_a_parsable_card(hub, run_dir, push
     assert "| gsm8k | strict_accuracy | 0.25 | [0.1, 0.45] | 20 |" in text
     assert "| humaneval-infill-single-line | pass@1 | 0.125 | [0.02, 0.47] | 8 |" in text
     assert "3.2109375" in text and "linear" in text and "r=8" in text
-    assert f'FlexMDM.from_pretrained("{repo_id}")' in text and f"retrofit generate --model {repo_id}" in text
+    assert f'FlexMDM.from_pretrained("{repo_id}", dtype=dtype, device=device)' in text
+    assert f"retrofit generate --model {repo_id}" in text
 
 
 def test_load_by_repo_id_matches_local_checkpoint_and_works_offline(hub, run_dir, pushed, tmp_path, monkeypatch):
@@ -405,3 +425,138 @@ def test_local_hub_hides_private_repos_and_reports_missing_files(local_hub, monk
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(RepositoryNotFoundError):
         huggingface_hub.HfApi().model_info(f"{USER}/secret")
+
+
+def test_card_usage_snippet_runs_against_the_pushed_flexmdm(hub, pushed, tmp_path, monkeypatch):
+    repo_id, _, _ = pushed
+    card = hub.state.files(repo_id)["README.md"].decode()
+    assert "encode_generation_inputs(" in card and "flexmdm_generate(model, prompts)" in card
+    assert 'tokenizer("' not in card  # prompts go through the training layout, not a raw tokenizer call
+    fresh_cache(monkeypatch, tmp_path / "cache")  # everything the snippet loads comes from the Hub
+    printed = run_card_snippet(card)
+    assert (tmp_path / "cache" / f"models--{USER}--tiny-flexmdm").is_dir()
+    # The snippet prompts and stops exactly like `retrofit generate` (greedy, same defaults).
+    from retrofit.generate import cli_main as generate_main
+    from retrofit.hub import USAGE_PROMPT
+
+    cli_output = io.StringIO()
+    with redirect_stdout(cli_output):
+        assert generate_main(["--model", repo_id, "--prompt", USAGE_PROMPT, "--no-progress"]) == 0
+    assert printed == cli_output.getvalue()
+
+
+def test_card_usage_snippet_runs_for_an_mdm_checkpoint(hub, run_dir, tmp_path, monkeypatch):
+    model = FlexMDM.retrofit(f"{USER}/tiny-base", "tiny-llada", kind="mdm")
+    checkpoint = tmp_path / "mdm-checkpoint"
+    model.save_pretrained(checkpoint)
+    word_tokenizer(checkpoint)
+    push_checkpoint(checkpoint, f"{USER}/tiny-mdm", verify=False)
+    card = hub.state.files(f"{USER}/tiny-mdm")["README.md"].decode()
+    assert "mdm_generate(model, prompts, gen_length=" in card and "flexmdm_generate" not in card
+    fresh_cache(monkeypatch, tmp_path / "cache")
+    run_card_snippet(card)
+    assert (tmp_path / "cache" / f"models--{USER}--tiny-mdm").is_dir()
+
+
+def test_push_model_card_ignores_records_around_the_temporary_directory(hub, run_dir, tmp_path, monkeypatch):
+    # Another run's records lying in the system temporary directory and above it.
+    temp_root = tmp_path / "system-tmp"
+    (temp_root / "eval" / "stray").mkdir(parents=True)
+    (temp_root / "train_summary.json").write_text(json.dumps({"steps": 777, "tokens": 987654}))
+    (temp_root / "recipe.yaml").write_text(yaml.safe_dump({"data": {"kind": "sft", "path": "stray-org/stray-data"}}))
+    (temp_root / "eval" / "stray" / "summary.json").write_text(json.dumps(
+        {"benchmark": "stray-benchmark", "strict_accuracy": 0.987, "metric": "strict_accuracy", "value": 0.987}))
+    (tmp_path / "train_summary.json").write_text(json.dumps({"steps": 555, "tokens": 123456}))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+
+    model = FlexMDM.from_pretrained(run_dir / "checkpoint-20")
+    push_model(model, f"{USER}/live-no-strays", verify=False)
+    card = hub.state.files(f"{USER}/live-no-strays")["README.md"].decode()
+    for stray in ("777", "987,654", "987654", "555", "123,456", "stray-benchmark", "0.987", "stray-org"):
+        assert stray not in card, stray
+    assert "No training record" in card and "No evaluation results" in card
+    # Explicitly given evals still make it into the card.
+    model.push_to_hub(f"{USER}/live-with-evals", verify=False, eval_paths=[run_dir / "eval" / "lengths"])
+    card = hub.state.files(f"{USER}/live-with-evals")["README.md"].decode()
+    assert "| lengths | wasserstein_1 | 3.5 |" in card and "stray-benchmark" not in card
+
+
+def test_license_other_brings_its_name_and_link(hub, run_dir, tmp_path):
+    api = huggingface_hub.HfApi()
+    base_id = f"{USER}/other-license-base"
+    api.create_repo(base_id)
+    card_dir = tmp_path / "base-card"
+    card_dir.mkdir()
+    (card_dir / "README.md").write_text(
+        "---\nlicense: other\nlicense_name: llada-license\nlicense_link: LICENSE\n---\n# base\n")
+    api.upload_folder(repo_id=base_id, folder_path=card_dir)
+    revision = hub.state.repo(base_id).branches["main"]
+    config = json.loads((run_dir / "checkpoint-20" / "retrofit_config.json").read_text())
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "retrofit_config.json").write_text(json.dumps(config | {"base_model": base_id,
+                                                                          "base_revision": revision}))
+    metadata = huggingface_hub.ModelCard(render_model_card(checkpoint)).data.to_dict()
+    assert metadata["license"] == "other" and metadata["license_name"] == "llada-license"
+    assert metadata["license_link"] == f"{hub.url}/{base_id}/blob/{revision}/LICENSE"
+
+    # A local base: an absolute link is kept, a link relative to the local directory is dropped.
+    local_base = tmp_path / "local-base"
+    local_base.mkdir()
+    (local_base / "README.md").write_text(
+        "---\nlicense: other\nlicense_name: my-license\nlicense_link: https://example.com/license\n---\n")
+    (checkpoint / "retrofit_config.json").write_text(json.dumps(config | {"base_model": str(local_base)}))
+    metadata = huggingface_hub.ModelCard(render_model_card(checkpoint)).data.to_dict()
+    assert (metadata["license"], metadata["license_name"]) == ("other", "my-license")
+    assert metadata["license_link"] == "https://example.com/license"
+    (local_base / "README.md").write_text("---\nlicense: other\nlicense_name: my-license\nlicense_link: LICENSE\n---\n")
+    metadata = huggingface_hub.ModelCard(render_model_card(checkpoint)).data.to_dict()
+    assert metadata["license_name"] == "my-license" and "license_link" not in metadata
+
+
+def test_eval_attribution_does_not_depend_on_the_current_directory(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "x"
+    final = run / "final"
+    final.mkdir(parents=True)
+    (run / "checkpoint-5" / "model").mkdir(parents=True)
+    (final / "retrofit_config.json").write_text(json.dumps({"kind": "flexmdm", "base_model": None}))
+    digest = hashlib.sha256((final / "retrofit_config.json").read_bytes()).hexdigest()
+    summaries = {
+        "relative-self": {"model": {"model": "final"}},  # eval run from the run directory
+        "relative-deep": {"model": {"model": "./runs/x/final"}},  # ... or from tmp_path
+        "absolute-self": {"model": {"model": str(final), "retrofit_config_sha256": digest}},
+        "moved-self": {"model": {"model": "/old/place/x/final"}},  # the run directory moved since
+        "hub-id": {"model": {"model": "someone/some-model"}},  # cannot tell: kept
+        "relative-other": {"model": {"model": "checkpoint-5/model"}},  # exists in the run directory
+        "relative-gone": {"model": {"model": "outputs/x/checkpoint-2/model"}},
+        "absolute-pruned": {"model": {"model": str(run / "checkpoint-3" / "model")}},
+        "other-digest": {"model": {"model": "final", "retrofit_config_sha256": "0" * 64}},
+    }
+    for name, summary in summaries.items():
+        (run / "eval" / name).mkdir(parents=True)
+        (run / "eval" / name / "summary.json").write_text(json.dumps(summary))
+    kept = {"relative-self", "relative-deep", "absolute-self", "moved-self", "hub-id"}
+    # The current directory holds another run's "final" and "checkpoint-5/model": no influence.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "final").mkdir(parents=True)
+    (elsewhere / "checkpoint-5" / "model").mkdir(parents=True)
+    for cwd in (elsewhere, run, tmp_path):
+        monkeypatch.chdir(cwd)
+        found = {path.parent.name for path in find_eval_summaries(final)}
+        assert found == kept, cwd
+
+
+def test_push_access_check_can_create_the_repo(hub):
+    repo_id = f"{USER}/created-at-startup"
+    assert check_push_access(repo_id, create=True, private=True) == USER
+    repo = hub.state.repo(repo_id)
+    assert repo is not None and repo.private
+    assert [commit.title for commit in repo.history()] == ["initial commit"]
+    assert check_push_access(repo_id, create=True) == USER  # an existing repo is fine (and unchanged)
+    assert hub.state.repo(repo_id).private and len(hub.state.repo(repo_id).history()) == 1
+    # whoami accepts the token, but it may not write to another namespace: caught here, not later.
+    with pytest.raises(PermissionError, match=r"rejected the token from HF_TOKEN .*\(HTTP 403\)"):
+        check_push_access("someone-else/created-at-startup", create=True)
+    assert check_push_access("someone-else/created-at-startup") == USER  # without create it cannot tell
+    assert hub.state.repo("someone-else/created-at-startup") is None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import TEST_USER, local_hub  # noqa: F401 (fixture)
 from safetensors.torch import load_file
 
 from retrofit.config import ConfigError, load_config
@@ -388,6 +389,13 @@ def test_push_to_hub_hands_the_final_checkpoint_to_retrofit_hub(
     calls = []
     monkeypatch.setattr(
         retrofit.hub,
+        "check_push_access",
+        lambda repo_id, **kwargs: calls.append(
+            ("preflight", repo_id, kwargs, (tmp_path / "recipe.yaml").exists())
+        ),
+    )
+    monkeypatch.setattr(
+        retrofit.hub,
         "push_checkpoint",
         lambda directory, repo_id, **kwargs: calls.append((directory, repo_id, kwargs)),
     )
@@ -401,6 +409,121 @@ def test_push_to_hub_hands_the_final_checkpoint_to_retrofit_hub(
         "hub_repo_id=me/tiny-flexmdm",
         "checkpoint.save_every=1000",
     )
-    assert calls == [(str(tmp_path / "final"), "me/tiny-flexmdm", {"private": False})]
+    # The token and the repo are checked before anything is written or built, then final/ is pushed.
+    assert calls == [
+        ("preflight", "me/tiny-flexmdm", {"create": True, "private": False}, False),
+        (
+            str(tmp_path / "final"),
+            "me/tiny-flexmdm",
+            {"private": False, "commit_message": "Final retrofit checkpoint (step 1)"},
+        ),
+    ]
     # The model card reads steps and tokens from the run's summary.
     assert json.loads((tmp_path / "train_summary.json").read_text())["steps"] == 1
+
+
+# Pushing during a run, against the local Hub server of tests/hub_server.py.
+PUSH_RUN = [
+    "training.max_steps=2",
+    "training.micro_batch_size=2",
+    "data.max_length=32",
+    "checkpoint.save_every=1",
+    "push_to_hub=true",
+]
+ADAPTER_UPLOAD = {
+    ".gitattributes",
+    "README.md",
+    "retrofit_config.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "flexmdm_modules.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+
+
+@pytest.mark.parametrize("mode", ["branch", "commit"])
+def test_run_pushes_each_checkpoint_and_the_final_model(
+    mode: str,
+    tmp_path: Path,
+    local_hub,  # noqa: F811
+) -> None:
+    repo_id = f"{TEST_USER}/tiny-run-{mode}"
+    _run(PRETRAIN, tmp_path, *PUSH_RUN, f"hub_repo_id={repo_id}", f"hub_push_checkpoints={mode}")
+    repo = local_hub.state.repo(repo_id)
+    main_files = local_hub.state.files(repo_id)
+    assert set(main_files) >= ADAPTER_UPLOAD
+    for name in ADAPTER_UPLOAD - {".gitattributes", "README.md"}:
+        assert main_files[name] == (tmp_path / "final" / name).read_bytes(), name
+    assert "Trained for 2 optimizer steps" in main_files["README.md"].decode()
+    history = [commit.title for commit in repo.history("main")]
+    if mode == "branch":
+        assert set(repo.branches) == {"main", "step-000001", "step-000002"}
+        assert history == ["Final retrofit checkpoint (step 2)", "initial commit"]
+        for step in (1, 2):
+            files = local_hub.state.files(repo_id, f"step-{step:06d}")
+            assert set(files) >= ADAPTER_UPLOAD
+            model_dir = tmp_path / f"checkpoint-{step}" / "model"
+            if model_dir.is_dir():  # checkpoint.keep_last prunes the older ones locally
+                weights = model_dir / "flexmdm_modules.safetensors"
+                assert files["flexmdm_modules.safetensors"] == weights.read_bytes()
+            # Each branch's card reads that checkpoint's own record (trainer_state.json).
+            assert f"Trained for {step} optimizer steps" in files["README.md"].decode()
+    else:
+        assert set(repo.branches) == {"main"}
+        assert history == [
+            "Final retrofit checkpoint (step 2)",
+            "Retrofit checkpoint at step 2",
+            "Retrofit checkpoint at step 1",
+            "initial commit",
+        ]
+
+
+def test_a_failed_checkpoint_push_warns_and_training_goes_on(
+    tmp_path: Path,
+    local_hub,  # noqa: F811
+) -> None:
+    repo_id = f"{TEST_USER}/tiny-run-flaky"
+    local_hub.state.inject_fault("commit", times=1)  # the first checkpoint's commit is dropped
+    with pytest.warns(RuntimeWarning, match=r"pushing checkpoint step 1 .*FAILED.*retrofit push"):
+        result = _run(
+            PRETRAIN, tmp_path, *PUSH_RUN, f"hub_repo_id={repo_id}", "hub_push_checkpoints=branch"
+        )
+    assert result.steps == 2 and (tmp_path / "final" / "retrofit_config.json").is_file()
+    repo = local_hub.state.repo(repo_id)
+    assert set(local_hub.state.files(repo_id, "step-000002")) >= ADAPTER_UPLOAD
+    # The failed step's branch holds nothing of it (created before the upload, or not at all).
+    if "step-000001" in repo.branches:
+        assert set(local_hub.state.files(repo_id, "step-000001")) == {".gitattributes"}
+    assert repo.history("main")[0].title == "Final retrofit checkpoint (step 2)"
+
+
+@pytest.mark.parametrize(
+    ("token", "checkpoint_pushes"),
+    [("read-only", ["hub_push_checkpoints=commit"]), ("missing", []),
+     ("other-namespace", ["hub_push_checkpoints=branch"])],
+    ids=["read-only", "missing", "other-namespace"],
+)  # fmt: skip
+def test_a_token_that_cannot_push_fails_before_training(
+    token: str, checkpoint_pushes: list[str], tmp_path: Path, local_hub,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    repo_id = f"{TEST_USER}/never-trained"
+    if token == "read-only":
+        local_hub.state.tokens["hf_test_read_token"] = (TEST_USER, "read")
+        monkeypatch.setenv("HF_TOKEN", "hf_test_read_token")
+        expected = r"push_to_hub: .*before training failed: .*read-only"
+    elif token == "missing":
+        monkeypatch.delenv("HF_TOKEN")
+        expected = r"push_to_hub: .*before training failed: no Hugging Face token found"
+    else:
+        repo_id = "someone-else/never-trained"
+        expected = r"push_to_hub: .*before training failed: .*HTTP 403"
+    import retrofit.train
+
+    built = []
+    monkeypatch.setattr(retrofit.train, "build_model", lambda *args: built.append(args))
+    with pytest.raises(PermissionError, match=expected):
+        _run(PRETRAIN, tmp_path, *PUSH_RUN, f"hub_repo_id={repo_id}", *checkpoint_pushes)
+    assert not built and not list(tmp_path.iterdir())  # no model was built, nothing was written
+    assert local_hub.state.repo(repo_id) is None
