@@ -21,16 +21,22 @@ settings for each checkpoint kind, the extraction and the metric. The runner
    JSON line per sample to `samples.jsonl` (`samples.rank{R}-of-{W}.jsonl` when sharded), flushed as
    it goes. A rerun with the same `--output` skips every sample already written, so a killed run
    resumes where it stopped;
-4. rank 0 waits for the other ranks' `.done` markers (no process group, hence none of gloo's exit
-   crashes), merges the samples in task order into `samples.jsonl`, and writes `summary.json`: the
-   metric with its 95% interval, strict/flexible accuracy or pass@k, failure buckets, length
-   statistics (Wasserstein-1 against the reference lengths, `lengths.png`), the settings and the
-   model identity.
+4. rank 0 waits until the samples on disk cover every sample of the run (no process group, hence
+   none of gloo's exit crashes; no marker files that a killed earlier run could leave behind),
+   merges them in task order into `samples.jsonl`, and writes `summary.json`: the metric with its
+   95% interval, strict/flexible accuracy or pass@k, failure buckets, length statistics
+   (Wasserstein-1 against the reference lengths, `lengths.png`), the settings and the model
+   identity.
+
+Every sample draws its randomness from its own stream, derived from its key (task id and sample
+index, :func:`sample_stream_id`), so a sample's text depends on neither the batch size, its position
+in a batch, nor the number of ranks.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,6 +61,7 @@ __all__ = [
     "load_completions",
     "load_tasks",
     "run_evaluation",
+    "sample_stream_id",
     "summarize",
 ]
 
@@ -66,7 +73,9 @@ class EvalTask:
 
     kind "chat": `prompt` is the user message. kind "infill": `prefix`/`suffix` around the hole,
     `prompt` an optional instruction. `reference` is the gold text (GSM8K answer field, canonical
-    middle), `gold` the GSM8K gold value, `infill` the HumanEval task.
+    middle), `gold` the GSM8K gold value, `infill` the HumanEval task. `sample_index` is which
+    sample of the task a generate_fn is asked for (0 .. num_samples - 1; the runner sets it), so a
+    generator can draw every sample from its own random stream (:func:`sample_stream_id`).
     """
 
     task_id: str
@@ -77,6 +86,7 @@ class EvalTask:
     reference: str = ""
     gold: Fraction | None = None
     infill: Any = None
+    sample_index: int = 0
 
 
 @dataclass
@@ -89,6 +99,22 @@ class Generation:
 
 
 GenerateFn = Callable[[list[EvalTask]], Sequence["Generation | str"]]
+
+
+def _sample_key(task_id: str, sample_index: int) -> str:
+    """The key of one sample in samples.jsonl (and of its random stream)."""
+    return f"{task_id}#{sample_index}"
+
+
+def sample_stream_id(task_id: str, sample_index: int) -> int:
+    """Random-stream id of one sample: a 62-bit int from sha256 of its key `task_id#sample_index`.
+
+    Passed as the sampler's ``row_ids``, it makes a sample's randomness a function of (seed, task,
+    sample index) alone: the same in every batch size, batch position and sharding, and different
+    for every sample of a task.
+    """
+    digest = hashlib.sha256(_sample_key(task_id, sample_index).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -222,16 +248,29 @@ class ModelGenerator:
         return AutoTokenizer.from_pretrained(str(base), revision=self.model.config.base_revision)
 
     def identity(self) -> dict[str, Any]:
-        """What was evaluated: checkpoint id/path, revision, kind, base model, config digest."""
+        """What was evaluated: checkpoint id or absolute local path, revision, kind, base model,
+        config digest, dtype.
+
+        The same on every rank of a sharded run (it is compared with the run.json rank 0 wrote), so
+        per-process fields such as the device are not part of it: see :meth:`runtime`.
+        """
         from retrofit.adapter.checkpoint import resolve_checkpoint_dir
+        from retrofit.checkpoint_io import is_hub_id
 
         directory = resolve_checkpoint_dir(self.model_id, self.revision)
         config_file = directory / "retrofit_config.json"
         digest = hashlib.sha256(config_file.read_bytes()).hexdigest() if config_file.is_file() else None
-        return {"model": str(self.model_id), "revision": self.revision, "kind": self.kind,
+        # A local checkpoint is recorded by absolute path, so that results read later from another
+        # working directory (e.g. a Hub model card) still name the right checkpoint.
+        model = str(self.model_id) if is_hub_id(self.model_id) else str(directory.resolve())
+        return {"model": model, "revision": self.revision, "kind": self.kind,
                 "base_model": getattr(self.model.config, "base_model", None),
                 "base_revision": getattr(self.model.config, "base_revision", None),
-                "retrofit_config_sha256": digest, "dtype": self.dtype, "device": str(self.device)}
+                "retrofit_config_sha256": digest, "dtype": self.dtype}
+
+    def runtime(self) -> dict[str, Any]:
+        """Per-process facts (the device of this rank): reported in summary.json, never compared."""
+        return {"device": str(self.device)}
 
     def count_tokens(self, text: str) -> int:
         """Length of `text` in this checkpoint's tokens (no special tokens added)."""
@@ -249,20 +288,22 @@ class ModelGenerator:
         )
 
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
+        """One answer per task; each sample draws from the stream of its (task_id, sample_index)."""
         import torch
 
         from retrofit.sampling import flexmdm_generate, mdm_generate
         from retrofit.tokenization import cut_at_stop
 
         prompts, suffixes = self._encode(tasks)
+        row_ids = [sample_stream_id(task.task_id, task.sample_index) for task in tasks]
         with torch.no_grad():
             if self.kind == "mdm":
-                result = mdm_generate(self.model, prompts, seed=self.seed, progress=False,
-                                      **self.settings)
+                result = mdm_generate(self.model, prompts, seed=self.seed, row_ids=row_ids,
+                                      progress=False, **self.settings)
                 answers = result.sequences
             else:
                 result = flexmdm_generate(self.model, prompts, suffixes=suffixes, seed=self.seed,
-                                          progress=False, **self.settings)
+                                          row_ids=row_ids, progress=False, **self.settings)
                 answers = result.sequences
         answers = [cut_at_stop(ids, self.stops) for ids in answers]
         outputs = []
@@ -358,6 +399,52 @@ def _existing_records(output: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _keys_on_disk(output: Path, offsets: dict[Path, int], found: set[str]) -> None:
+    """Add to `found` the keys of complete lines appended to the samples files since `offsets`.
+
+    offsets (file -> bytes already read, complete lines only) is updated in place, so polling a
+    large run reads every line once.
+    """
+    for path in [output / "samples.jsonl", *sorted(output.glob("samples.rank*.jsonl"))]:
+        try:
+            with path.open("rb") as handle:
+                handle.seek(offsets.get(path, 0))
+                data = handle.read()
+        except FileNotFoundError:
+            continue
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        offsets[path] = offsets.get(path, 0) + len(complete)
+        for line in complete.splitlines():
+            try:
+                found.add(json.loads(line)["key"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+
+
+def _wait_for_samples(output: Path, expected: dict[str, int], world_size: int,
+                      timeout_s: float, poll_s: float = 1.0) -> None:
+    """Block until the samples files in `output` hold every key of `expected` (key -> rank).
+
+    Raises TimeoutError naming the ranks (and some keys) still missing after `timeout_s`.
+    """
+    offsets: dict[Path, int] = {}
+    found: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _keys_on_disk(output, offsets, found)
+        missing = [key for key in expected if key not in found]
+        if not missing:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            ranks = sorted({expected[key] for key in missing})
+            raise TimeoutError(
+                f"{output}: after {timeout_s} s, {len(missing)} of {len(expected)} samples are "
+                f"still missing, from rank(s) {ranks} of {world_size} (e.g. {missing[:3]}); are "
+                "those ranks still running? Rerun the same command to resume")
+        time.sleep(min(poll_s, remaining))
+
+
 def _open_for_append(path: Path):
     """Append handle; first drops a trailing partial line left by a kill mid-write."""
     if path.is_file():
@@ -421,7 +508,7 @@ def summarize(spec: EvalSpec, records: Sequence[dict[str, Any]], output: Path | 
         samples = [len(group) for group in per_task.values()]
         correct = [sum(bool(r["passed"]) for r in group) for group in per_task.values()]
         correct_raw = [sum(bool(r["raw_passed"]) for r in group) for group in per_task.values()]
-        for k in spec.metric.get("k", [1]):
+        for k in sorted(set(spec.metric.get("k", [1])) | {1}):  # pass@1 is the headline metric
             if k <= min(samples):
                 summary[f"pass@{k}"] = mean_pass_at_k(samples, correct, k)
         summary["raw_pass@1"] = mean_pass_at_k(samples, correct_raw, 1)
@@ -486,7 +573,9 @@ def run_evaluation(
     :class:`ModelGenerator`) and completions (a JSONL path or (task_id, completion) pairs) is needed.
     count_tokens: tokenizer length function for reference lengths (a ModelGenerator's by default).
     num_samples: samples per task from generate_fn (pass@k for k <= num_samples); each sample of a
-        task is a separate row of a batch, so the sampler draws it with its own generator.
+        task is a separate row of a batch, passed as the task with its `sample_index` set, so the
+        generator draws it from its own random stream.
+    merge_timeout_s: how long rank 0 of a sharded run waits for the other ranks' samples.
     """
     from tqdm.auto import tqdm
 
@@ -506,7 +595,8 @@ def run_evaluation(
     task_order = {task.task_id: index for index, task in enumerate(tasks)}
     by_id = {task.task_id: task for task in tasks}
 
-    # Work items: (key, task, sample index, given completion or None), every world_size-th task.
+    # Work items: (key, task with its sample_index, sample index, given completion or None); each
+    # rank keeps every world_size-th task, rank 0 waits for the keys of all of them.
     if completions is not None:
         pairs = load_completions(completions) if isinstance(completions, (str, Path)) else list(completions)
         unknown = sorted({task_id for task_id, _ in pairs if task_id not in by_id})
@@ -516,7 +606,9 @@ def run_evaluation(
         items = []
         for task_id, completion in pairs:
             if task_id in by_id:
-                items.append((f"{task_id}#{seen[task_id]}", by_id[task_id], seen[task_id], completion))
+                index = seen[task_id]
+                items.append((_sample_key(task_id, index),
+                              dataclasses.replace(by_id[task_id], sample_index=index), index, completion))
                 seen[task_id] += 1
         digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
         model_identity = model_identity or {"completions": str(completions) if isinstance(
@@ -524,9 +616,12 @@ def run_evaluation(
     else:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        items = [(f"{task.task_id}#{index}", task, index, None)
+        items = [(_sample_key(task.task_id, index), dataclasses.replace(task, sample_index=index),
+                  index, None)
                  for task in tasks for index in range(num_samples)]
-    items = [item for item in items if task_order[item[1].task_id] % world_size == rank]
+    # every sample of the run (rank 0 merges once the files on disk hold all of them), key -> rank
+    expected = {item[0]: task_order[item[1].task_id] % world_size for item in items}
+    items = [item for item in items if expected[item[0]] == rank]
     if count_tokens is None and isinstance(generate_fn, ModelGenerator):
         count_tokens = generate_fn.count_tokens
     if model_identity is None and isinstance(generate_fn, ModelGenerator):
@@ -552,9 +647,11 @@ def run_evaluation(
                desc=f"{spec.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""),
                dynamic_ncols=True)
     with _open_for_append(shard_path) as handle:
-        # Batches sit at fixed positions of this rank's work list, and the sampler seeds row i of
-        # a batch by (seed, i): a resumed run regenerates a partly written batch whole, so every
-        # sample comes out as in an uninterrupted run with the same seed, batch size and ranks.
+        # Every sample draws from its own random stream (seed, sample_stream_id(task, sample index)),
+        # so its text depends on neither batch size, batch position nor sharding. Batches still sit
+        # at fixed positions of this rank's work list and a resumed run regenerates a partly
+        # written batch whole, so even float reductions (which may differ in the last bit with
+        # the batch's shape) see exactly the batches of an uninterrupted run.
         for start in range(0, len(items), size):
             chunk = items[start:start + size]
             if all(item[0] in done for item in chunk):
@@ -600,33 +697,29 @@ def run_evaluation(
     bar.close()
 
     if world_size > 1:
-        (output / f"rank{rank}-of-{world_size}.done").write_text("done\n", encoding="utf-8")
         if rank != 0:
             return None
-        deadline = time.monotonic() + merge_timeout_s
-        waiting = [r for r in range(world_size) if not (output / f"rank{r}-of-{world_size}.done").exists()]
-        while waiting:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"ranks {waiting} did not finish within {merge_timeout_s} s")
-            time.sleep(1.0)
-            waiting = [r for r in waiting if not (output / f"rank{r}-of-{world_size}.done").exists()]
+        # Other ranks may still be appending: merge only once every sample of the run is on disk.
+        _wait_for_samples(output, expected, world_size, merge_timeout_s)
 
-    # Merge every samples file into samples.jsonl, in task order.
+    # Merge every samples file into samples.jsonl, in task order. Every expected key is on disk
+    # now, so no rank writes to a shard file any more and the shard files can go.
     merged = _existing_records(output)
-    keep = {item_key for item_key in merged if merged[item_key]["task_id"] in task_order}
-    records = sorted((merged[k] for k in keep),
+    records = sorted((merged[key] for key in expected),
                      key=lambda r: (task_order[r["task_id"]], r.get("sample_index", 0)))
     _atomic_write(output / "samples.jsonl",
                   "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
     for path in output.glob("samples.rank*.jsonl"):
         path.unlink()
-    for path in output.glob("rank*-of-*.done"):
+    for path in output.glob("rank*-of-*.done"):  # markers written by earlier versions
         path.unlink()
     summary = summarize(spec, records, output)
+    runtime = generate_fn.runtime() if isinstance(generate_fn, ModelGenerator) else {}
     summary.update({
         "model": model_identity or {},
         "settings": {**(settings or {}), "spec_path": spec.path, "data": identity["data"],
-                     "limit": limit, "world_size": world_size, "sandbox": scorer.isolation()},
+                     "limit": limit, "world_size": world_size, "sandbox": scorer.isolation(),
+                     **runtime},
         "spec": spec.to_dict(),
         "elapsed_s": round(time.time() - started, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -652,10 +745,54 @@ def _load_samples(result: str | Path) -> list[dict[str, Any]]:
     return _read_records(path)
 
 
+# The parts of a spec that define the benchmark; the sampler settings (`generation`) may differ
+# between two compared runs (that is often the point), the file it was read from too.
+_BENCHMARK_FIELDS = ("name", "task", "data", "prompt", "extraction", "metric", "sandbox")
+
+
+def _load_benchmark(result: str | Path) -> dict[str, Any] | None:
+    """The spec a result was produced with (from run.json or summary.json); None if not recorded."""
+    path = Path(result)
+    if not path.is_dir():
+        if path.name != "samples.jsonl":
+            return None  # a loose samples file: nothing records its spec
+        path = path.parent
+    for name in ("run.json", "summary.json"):
+        if (path / name).is_file():
+            spec = json.loads((path / name).read_text(encoding="utf-8")).get("spec")
+            if isinstance(spec, dict):
+                return spec
+    return None
+
+
+def _check_same_benchmark(result_a: str | Path, result_b: str | Path) -> str | None:
+    """Refuse to compare runs of different benchmarks or spec definitions; the benchmark name."""
+    spec_a, spec_b = _load_benchmark(result_a), _load_benchmark(result_b)
+    for result, spec in ((result_a, spec_a), (result_b, spec_b)):
+        if spec is not None and spec.get("task") == "lengths":
+            raise ValueError(f"{result} is a lengths run ({spec.get('name')!r}): its samples have no "
+                             "correctness to pair; compare the wasserstein_1 of the summary.json files")
+    if spec_a is None or spec_b is None:
+        return (spec_a or spec_b or {}).get("name")
+    changed = [key for key in _BENCHMARK_FIELDS if spec_a.get(key) != spec_b.get(key)]
+    if changed:
+        raise ValueError(
+            f"{result_a} ({spec_a.get('name')!r}) and {result_b} ({spec_b.get('name')!r}) were run "
+            f"with different benchmark specs (they differ in {changed}): a paired comparison needs "
+            "the same benchmark, data, prompt, extraction and metric")
+    return spec_a.get("name")
+
+
 def compare_results(result_a: str | Path, result_b: str | Path) -> dict[str, Any]:
-    """Paired comparison of two runs on the same samples: exact McNemar test + per-sample diff."""
+    """Paired comparison of two runs on the same samples: exact McNemar test + per-sample diff.
+
+    Raises ValueError when the runs' recorded specs (run.json / summary.json) define different
+    benchmarks (sampler settings may differ), when either is a lengths run (no per-sample
+    correctness), or when they share no samples. Loose samples files record no spec: not checked.
+    """
     from retrofit.evaluation.stats import mcnemar_exact
 
+    benchmark = _check_same_benchmark(result_a, result_b)
     samples_a = {r["key"]: r for r in _load_samples(result_a)}
     samples_b = {r["key"]: r for r in _load_samples(result_b)}
     common = [key for key in samples_a if key in samples_b]
@@ -677,7 +814,7 @@ def compare_results(result_a: str | Path, result_b: str | Path) -> dict[str, Any
     accuracy_a = (table[(True, True)] + only_a) / total
     accuracy_b = (table[(True, True)] + only_b) / total
     return {
-        "a": str(result_a), "b": str(result_b), "num_pairs": total,
+        "a": str(result_a), "b": str(result_b), "benchmark": benchmark, "num_pairs": total,
         "only_in_a": len(samples_a) - total, "only_in_b": len(samples_b) - total,
         "both_correct": table[(True, True)], "a_only_correct": only_a, "b_only_correct": only_b,
         "both_wrong": table[(False, False)], "accuracy_a": accuracy_a, "accuracy_b": accuracy_b,

@@ -127,6 +127,15 @@ def test_several_samples_per_task_give_pass_at_k(tmp_path):
     assert [r["sample_index"] for r in read_samples(tmp_path)] == [0, 1] * 3
 
 
+def test_pass_at_1_is_reported_even_when_the_spec_lists_other_k(tmp_path):
+    """The headline pass@1 is always computed, whatever k the spec lists."""
+    spec = load_spec("humaneval-infill-single-line")
+    spec.metric["k"] = [2]
+    pairs = [(f"SingleLineInfilling/HumanEval/0/L{i}", "    pass\n") for i in range(2)] * 2
+    summary = run_evaluation(spec, tmp_path, completions=pairs, data=INFILL, limit=2, progress=False)
+    assert summary["metric"] == "pass@1" and summary["pass@1"] == 0.0 and summary["pass@2"] == 0.0
+
+
 def test_lengths_spec_reports_wasserstein(tmp_path):
     def generate(tasks):  # answers exactly 10 tokens long
         return [Generation("x" * 10, num_tokens=10) for _ in tasks]
@@ -249,6 +258,126 @@ def test_completions_scoring_and_compare(tmp_path, capsys):
     assert "not in" in capsys.readouterr().err
 
 
+def test_generate_fn_is_told_the_sample_index(tmp_path):
+    """Each sample of a task reaches generate_fn with its own sample_index (its random stream)."""
+    calls = []
+
+    def generate(tasks):
+        calls.append([(task.task_id, task.sample_index) for task in tasks])
+        return gold_boxed(tasks)
+
+    run_evaluation("gsm8k", tmp_path, generate_fn=generate, data=GSM8K, limit=2, num_samples=3,
+                   batch_size=2, progress=False, model_identity={"model": "stub"})
+    t0, t1 = "gsm8k/test/0", "gsm8k/test/1"
+    assert calls == [[(t0, 0), (t0, 1)], [(t0, 2), (t1, 0)], [(t1, 1), (t1, 2)]]
+    assert [(r["task_id"], r["sample_index"]) for r in read_samples(tmp_path)] == \
+        [pair for call in calls for pair in call]
+
+
+def test_sample_stream_ids_are_stable_and_distinct():
+    from retrofit.evaluate import sample_stream_id
+
+    ids = {sample_stream_id(f"gsm8k/test/{task}", index) for task in range(50) for index in range(20)}
+    assert len(ids) == 1000 and all(0 <= i < 2**62 for i in ids)
+    assert sample_stream_id("gsm8k/test/3", 1) == sample_stream_id("gsm8k/test/3", 1)
+
+
+def _run_rank(results: dict, rank: int, directory: Path, generate, **options) -> None:
+    """Thread target: one simulated rank of a 2-rank run; its summary (or error) lands in results."""
+    try:
+        results[rank] = run_evaluation("gsm8k", directory, generate_fn=generate, rank=rank,
+                                       world_size=2, data=GSM8K, limit=9, batch_size=2,
+                                       progress=False, model_identity={"model": "stub"}, **options)
+    except BaseException as error:  # noqa: BLE001 - reported by the test
+        results[rank] = error
+
+
+def test_merge_waits_for_every_sample_despite_a_stale_done_marker(tmp_path):
+    """A marker left by a killed earlier run must not make rank 0 merge while rank 1 still writes."""
+    import threading
+
+    (tmp_path / "rank1-of-2.done").write_text("done\n")  # stale, from an earlier run
+    release = threading.Event()
+    calls = []
+
+    def slow_rank_1(tasks):
+        calls.append(len(tasks))
+        if len(calls) == 2:  # rank 1 is still busy with its second batch
+            assert release.wait(60)
+        return gold_boxed(tasks)
+
+    results: dict = {}
+    rank_1 = threading.Thread(target=_run_rank, args=(results, 1, tmp_path, slow_rank_1))
+    rank_1.start()
+    shard_1 = tmp_path / "samples.rank1-of-2.jsonl"
+    deadline = time.monotonic() + 60
+    while not (shard_1.exists() and shard_1.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rank_0 = threading.Thread(target=_run_rank, args=(results, 0, tmp_path, gold_boxed),
+                              kwargs={"merge_timeout_s": 60})
+    rank_0.start()
+    shard_0 = tmp_path / "samples.rank0-of-2.jsonl"
+    while not (shard_0.exists() and shard_0.read_text().count("\n") >= 5) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rank_0.join(2.5)  # rank 0 has finished its own samples by now: it must wait, not merge
+    assert rank_0.is_alive(), f"rank 0 merged while rank 1 was still writing: {results.get(0)}"
+    assert shard_1.exists()
+    release.set()
+    rank_1.join(60)
+    rank_0.join(60)
+    assert results[1] is None
+    summary = results[0]
+    assert not isinstance(summary, BaseException), summary
+    assert summary["num_samples"] == 9
+    assert [r["task_id"] for r in read_samples(tmp_path)] == [f"gsm8k/test/{i}" for i in range(9)]
+    assert not list(tmp_path.glob("samples.rank*")) and not list(tmp_path.glob("*.done"))
+
+
+def test_merge_times_out_naming_the_missing_rank_and_keeps_the_shards(tmp_path):
+    (tmp_path / "rank1-of-2.done").write_text("done\n")  # stale: rank 1 never ran this time
+    results: dict = {}
+    _run_rank(results, 0, tmp_path, gold_boxed, merge_timeout_s=0.5)
+    assert isinstance(results[0], TimeoutError)
+    message = str(results[0])
+    assert "4 of 9 samples" in message and "rank(s) [1] of 2" in message and "gsm8k/test/1#0" in message
+    assert (tmp_path / "samples.rank0-of-2.jsonl").read_text().count("\n") == 5  # nothing lost
+    assert not (tmp_path / "samples.jsonl").exists()
+    # resuming: rank 1 runs, then rank 0 finds its own samples done and merges everything
+    _run_rank(results, 1, tmp_path, gold_boxed)
+    _run_rank(results, 0, tmp_path, gold_boxed, merge_timeout_s=5)
+    assert results[0]["num_samples"] == 9 and results[0]["strict_accuracy"] == 1.0
+
+
+def test_compare_refuses_different_benchmarks(tmp_path, capsys):
+    """Runs of different specs on the same task ids are not paired; sampler settings may differ."""
+    pairs = [(f"gsm8k/test/{i}", "\\boxed{18}") for i in range(3)]
+
+    def run_spec(directory: str, **changes) -> Path:
+        spec = load_spec("gsm8k")
+        for key, value in changes.items():
+            setattr(spec, key, value)
+        run_evaluation(spec, tmp_path / directory, completions=pairs, data=GSM8K, limit=3,
+                       progress=False)
+        return tmp_path / directory
+
+    base = run_spec("base")
+    other_sampler = run_spec("sampler", generation={"flexmdm": {"steps": 8}, "mdm": {"steps": 8}})
+    assert compare_results(base, other_sampler)["num_pairs"] == 3
+    assert compare_results(base / "samples.jsonl", other_sampler)["benchmark"] == "gsm8k"
+    other_prompt = run_spec("prompt", prompt={"template": "few_shot"})
+    with pytest.raises(ValueError, match=r"different benchmark specs \(they differ in \['prompt'\]\)"):
+        compare_results(base, other_prompt)
+    renamed = run_spec("renamed", name="gsm8k-platinum")
+    with pytest.raises(ValueError, match="different benchmark specs"):
+        compare_results(renamed, base)
+    lengths = tmp_path / "lengths"
+    run_evaluation("lengths", lengths, completions=pairs, data=GSM8K, limit=3, progress=False)
+    with pytest.raises(ValueError, match="lengths run"):
+        compare_results(base, lengths)
+    assert compare_cli_main([str(base), str(other_prompt)]) == 2
+    assert "different benchmark specs" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- tiny real model
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory):
@@ -338,6 +467,55 @@ def test_tiny_model_run_resumes_after_kill(tiny_checkpoints, tmp_path):
     uninterrupted = read_samples(tmp_path / "uninterrupted")
     assert [r["generated"] for r in uninterrupted] == [r["generated"] for r in after]
     assert any(r["generated"] for r in after)  # the comparison is not between empty answers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["flexmdm", "mdm"])
+def test_samples_do_not_depend_on_batching(tiny_checkpoints, tmp_path, kind):
+    """Each sample draws from the stream of its key: batch size and position change nothing, and
+    the samples of a task (more than a batch holds) differ at temperature > 0."""
+    from retrofit.evaluate import ModelGenerator
+
+    overrides = ({"steps": 8, "max_length": 700, "temperature": 1.0} if kind == "flexmdm" else
+                 {"steps": 2, "gen_length": 8, "block_length": 8, "temperature": 1.0})
+    generator = ModelGenerator(str(tiny_checkpoints[kind]), load_spec("gsm8k"), device="cpu",
+                               dtype="float32", overrides=overrides)
+    texts = {}
+    for batch_size in (2, 5):
+        out = tmp_path / f"batch{batch_size}"
+        run_evaluation("gsm8k", out, generate_fn=generator, data=GSM8K, limit=2, num_samples=6,
+                       batch_size=batch_size, progress=False)
+        texts[batch_size] = {r["key"]: r["generated"] for r in read_samples(out)}
+    assert len(texts[2]) == 12 and texts[2] == texts[5]
+    for task in ("gsm8k/test/0", "gsm8k/test/1"):
+        samples = [texts[2][f"{task}#{index}"] for index in range(6)]
+        # Seeded by batch position, the 2 rows of a batch would give at most 2 distinct samples.
+        assert len(set(samples)) > 2, samples
+        if kind == "mdm":  # 8 tokens at temperature 1: every sample differs
+            assert len(set(samples)) == 6, samples
+
+
+@pytest.mark.slow
+def test_sharded_ranks_share_the_run_identity(tiny_checkpoints, tmp_path, monkeypatch):
+    """Ranks on different devices resume one run; a local checkpoint is recorded by absolute path."""
+    from retrofit.evaluate import ModelGenerator
+
+    checkpoint = Path(tiny_checkpoints["mdm"]).resolve()
+    monkeypatch.chdir(checkpoint.parent)
+    generator = ModelGenerator(checkpoint.name, load_spec("gsm8k"), device="cpu", dtype="float32",
+                               overrides={"steps": 2, "gen_length": 8, "block_length": 8})
+    identity = generator.identity()
+    assert identity["model"] == str(checkpoint) and "device" not in identity
+    out = tmp_path / "sharded"
+    options = {"generate_fn": generator, "data": GSM8K, "limit": 3, "world_size": 2, "progress": False}
+    generator.device = "cuda:1"  # what rank 1 records under accelerate launch (LOCAL_RANK=1)
+    assert run_evaluation("gsm8k", out, rank=1, **options) is None
+    generator.device = "cuda:0"
+    summary = run_evaluation("gsm8k", out, rank=0, **options)
+    assert summary["num_samples"] == 3 and summary["settings"]["device"] == "cuda:0"
+    assert json.loads((out / "run.json").read_text())["model"]["model"] == str(checkpoint)
+    generator.device = "cuda:1"  # rank 1 of a resumed run compares itself with rank 0's run.json
+    assert run_evaluation("gsm8k", out, rank=1, **options) is None
 
 
 # ----------------------------------------------------------------------------- statistics

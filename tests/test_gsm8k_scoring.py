@@ -95,12 +95,20 @@ PITFALLS = [
     ("\\boxed{{12}}", Fraction(12), "boxed", Fraction(12)),  # nested braces
     ("\\boxed{12", None, None, Fraction(12)),  # unbalanced: not a boxed answer
     ("\\boxed{} and later 7", None, None, Fraction(7)),  # empty box: falls through
+    ("\\boxed{18} so that is \\boxed{}", Fraction(18), "boxed", Fraction(18)),  # last box with a number
+    ("\\boxed{18\\text{ km}^2}", Fraction(18), "boxed", Fraction(18)),  # exponent of a unit
+    ("\\boxed{18 \\mathrm{m}^{2}}", Fraction(18), "boxed", Fraction(18)),
+    ("\\boxed{5 km^2}", Fraction(5), "boxed", Fraction(5)),
+    ("\\boxed{\u20133}", Fraction(-3), "boxed", Fraction(-3)),  # en dash right before the digits
+    ("\\boxed{\u2013\\frac{1}{2}}", Fraction(-1, 2), "boxed", Fraction(-1, 2)),
     ("<answer> 12 </answer>", Fraction(12), "answer_tag", Fraction(12)),
     ("<answer>The total is $1,500.</answer>", Fraction(1500), "answer_tag", Fraction(1500)),
     ("work...\n#### 1,000,000", Fraction(1000000), "hashes", Fraction(1000000)),
     ("#### -10", Fraction(-10), "hashes", Fraction(-10)),
     ("The answer is 42.", Fraction(42), "answer_is", Fraction(42)),
     ("So the final answer is: $3.50.", Fraction(7, 2), "answer_is", Fraction(7, 2)),
+    ("The answer is \u2013 5", Fraction(5), "answer_is", Fraction(5)),  # an en dash as punctuation
+    ("The answer is \u2014 12 apples", Fraction(12), "answer_is", Fraction(12)),  # an em dash too
     ("the answer is 12 apples, 3 left", Fraction(12), "answer_is", Fraction(12)),  # strict rules first
     ("1,2,3", None, None, Fraction(3)),  # a list, not a thousands number
     ("12,34", None, None, Fraction(34)),  # comma not between 3-digit groups

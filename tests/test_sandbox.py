@@ -256,3 +256,103 @@ def test_parallel_runs_keep_order(sandbox):
     sources = [f"assert {i} % 3 != 0\n" for i in range(12)]
     results = sandbox.run_many(sources)
     assert [r.passed for r in results] == [i % 3 != 0 for i in range(12)]
+
+
+def _userns_prefix() -> tuple[str, ...]:
+    """`unshare --user --map-root-user` (a user namespace, no mount namespace), or skip the test."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare here")
+    prefix = (unshare, "--user", "--map-root-user")
+    if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("user namespaces unavailable here")
+    return prefix
+
+
+def test_config_file_with_the_token_is_gone_before_the_program_runs(root):
+    """Even a program running as the evaluator's own uid (no uid drop) finds no token on disk."""
+    import dataclasses
+
+    plain = Sandbox(SandboxLimits(timeout_s=TIMEOUT), workers=1, root_dir=root, use_namespaces=False)
+    plain.isolation = dataclasses.replace(plain.isolation, drop_uid=False)
+    result = plain.run(textwrap.dedent("""
+        import os
+        arguments = open('/proc/self/cmdline', 'rb').read().split(b'\\0')
+        config = [a for a in arguments if a.endswith(b'config.marshal')]
+        assert len(config) == 1, arguments
+        assert not os.path.exists(config[0]), 'the launcher config (pass token) is still on disk'
+        """))
+    assert result.passed, result.stderr
+
+
+def test_working_dir_lies_on_the_private_tmp(sandbox):
+    """The cwd is not the evaluator-made directory on the real /tmp (reachable through `..`)."""
+    if not sandbox.isolation.private_tmp:
+        pytest.skip("no private /tmp here (the sandbox logged a warning)")
+    result = run(sandbox, """
+        import os
+        assert os.stat('.').st_dev == os.stat('/tmp').st_dev, 'cwd is not on the private tmpfs'
+        assert os.listdir('/tmp') == [os.path.basename(os.getcwd())], os.listdir('/tmp')
+        assert os.listdir('.') == []
+        """)
+    assert result.passed, result.stderr
+
+
+def test_failed_private_tmp_is_loud_not_a_shared_tmp(root):
+    """Claimed private /tmp without a mount namespace: a setup error, never a silent shared /tmp."""
+    import dataclasses
+
+    from retrofit.evaluation.sandbox import SandboxSetupError
+
+    prefix = _userns_prefix()  # a user namespace without a mount namespace: mount() must fail
+    broken = Sandbox(SandboxLimits(timeout_s=TIMEOUT), workers=1, root_dir=root)
+    broken.isolation = dataclasses.replace(
+        broken.isolation, unshare_command=(*prefix, "--net", "--pid", "--fork", "--kill-child"),
+        drop_uid=False, private_tmp=True)
+    with pytest.raises(SandboxSetupError, match="mount namespace"):
+        broken.run("pass\n")
+
+
+def test_launcher_checks_the_tmpfs_mount(tmp_path):
+    """A mount() that fails raises (the return value is checked), naming the path and errno."""
+    import subprocess
+    import sys
+
+    from retrofit.evaluation.sandbox import LAUNCHER
+
+    prefix = _userns_prefix()  # root of a user namespace may not mount in the initial mount namespace
+    target = tmp_path / "target"
+    target.mkdir()
+    code = (f"import sys; sys.path.insert(0, {str(LAUNCHER.parent)!r}); import sandbox_launcher; "
+            f"sandbox_launcher._mount_private_tmp([{str(target)!r}], 1 << 20)")
+    done = subprocess.run([*prefix, sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "SandboxSetupError" in done.stderr and f"mount tmpfs on {target} failed" in done.stderr
+
+
+def test_isolation_reports_private_tmp_honestly(monkeypatch, caplog):
+    """The probe mounts a tmpfs in the namespace; where that fails private_tmp is False, loudly."""
+    import subprocess
+
+    from retrofit.evaluation import sandbox as sandbox_module
+
+    found = sandbox_module.detect_isolation()
+    if found.unshare_command is None:
+        pytest.skip("no namespaces here")
+    assert found.private_tmp  # the probe mounted a tmpfs over /tmp inside the namespace
+    host = sandbox_module._mount_namespace() or ""
+    # The probe itself: without a mount namespace of its own it refuses (exit 3), never mounts.
+    no_mount_namespace = (*_userns_prefix(), "--net", "--pid", "--fork")
+    probe = subprocess.run([*no_mount_namespace, found.python, "-I", "-S", "-c", sandbox_module._PROBE,
+                            host], capture_output=True, timeout=60, check=False)
+    assert probe.returncode == sandbox_module._PROBE_NO_TMPFS, probe.stderr
+    # Where the probe cannot mount, the isolation says so and warns.
+    monkeypatch.setattr(sandbox_module, "_PROBE", "import sys; sys.exit(3)")
+    degraded = sandbox_module.detect_isolation()
+    assert degraded.network and degraded.pid and not degraded.private_tmp
+    assert degraded.describe()["private_tmp"] is False
+    assert "SEE THE REAL /tmp" in caplog.text

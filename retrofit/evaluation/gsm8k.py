@@ -8,7 +8,7 @@ first that yields a number wins:
 =========  ===============================================  ===========================
 rule       what it matches                                  which number in the span
 =========  ===============================================  ===========================
-boxed      last brace-balanced ``\\boxed{...}``              last
+boxed      last balanced ``\\boxed{...}`` holding a number  last
 answer_tag last ``<answer>...</answer>``                    last
 hashes     last ``#### X``                                  first
 answer_is  last "the (final) answer is X"                   first
@@ -17,7 +17,10 @@ last_number  (flexible mode only) the whole text           last
 
 Numbers are normalised (``$``, ``\\$``, ``\\,``, ``{,}``, ``%``, unicode minus, thousands commas only
 between 3-digit groups, trailing period, ``\\frac{a}{b}``/``\\dfrac``/``\\tfrac``, ``a/b``) and
-compared exactly as `fractions.Fraction`.
+compared exactly as `fractions.Fraction`. An exponent on a unit (``18\\text{ km}^2``, ``5 m^{3}``) is
+not a number of the answer; an en or em dash is a minus sign only directly before the digits
+("-5", not the punctuation in "the answer is \u2013 5"). A ``\\boxed{}`` without a number (an empty box
+after the real one) is skipped for an earlier box.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ def parse_gold(answer: str) -> Fraction:
 # ----------------------------------------------------------------------------- number parsing
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*?)\s*\}\s*\{\s*([^{}]*?)\s*\}")
 _TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox)\s*\{([^{}]*)\}")
+# "^2" / "^{2}" after a unit (a letter or a \text{...} group): km^2, \text{ cm}^{3}, \mathrm{m}^2
+_UNIT_EXPONENT = re.compile(
+    r"(\\(?:text|mathrm|textbf|mathbf|mbox)\s*\{[^{}]*\}|[A-Za-z])\s*\^\s*(?:\{[^{}]*\}|\d+(?:\.\d+)?)"
+)
 _NUMBER = re.compile(
     r"(?<![\w.])-?(?:"
     r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]*\d)"  # 1,234,567(.89): commas only between 3-digit groups
@@ -60,8 +67,9 @@ _NUMBER = re.compile(
 
 def _clean(text: str) -> str:
     """Remove money/percent/LaTeX spacing decorations and unify minus signs."""
-    text = text.replace("\u2212", "-").replace("\u2013", "-").replace("\u2014", "-")
+    text = text.replace("\u2212", "-")  # the minus sign
     text = text.replace("{,}", ",")
+    text = _UNIT_EXPONENT.sub(r"\1", text)  # before \text{} is unwrapped: "18 km^2" is 18
     text = re.sub(r"\\[,!;: ]", "", text)  # LaTeX thin spaces, e.g. 1\,000
     text = text.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     text = text.replace("\\left", "").replace("\\right", "")
@@ -69,6 +77,10 @@ def _clean(text: str) -> str:
     text = re.sub(r"\\[dt]?frac\s*(\d)\s*(\d)", r"(\1)/(\2)", text)  # \frac12
     text = _FRAC.sub(r"(\1)/(\2)", text)
     text = re.sub(r"\((-?[\d.]+)\)/\((-?[\d.]+)\)", r"\1/\2", text)
+    # En/em dashes are minus signs only right before the digits (after \frac became a/b);
+    # otherwise punctuation: "the answer is \u2013 5" is 5.
+    text = re.sub(r"[\u2013\u2014](?=\.?\d)", "-", text)
+    text = re.sub(r"[\u2013\u2014]", " ", text)
     text = re.sub(r"-\s+(?=\d)", "-", text)  # "- 5" -> "-5"
     return text
 
@@ -101,9 +113,10 @@ def parse_number(text: str, *, which: str = "last") -> Fraction | None:
 
 
 # ----------------------------------------------------------------------------- candidates
-def last_boxed(text: str) -> str | None:
-    """Content of the last brace-balanced ``\\boxed{...}`` (or ``\\fbox{}``); None if none closes."""
-    for match in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*\{", text))):
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every brace-balanced ``\\boxed{...}`` / ``\\fbox{}``, by position of the opening."""
+    contents = []
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, start = 1, match.end()
         for index in range(start, len(text)):
             if text[index] == "{":
@@ -111,8 +124,15 @@ def last_boxed(text: str) -> str | None:
             elif text[index] == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[start:index]
-    return None
+                    contents.append(text[start:index])
+                    break
+    return contents
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last brace-balanced ``\\boxed{...}`` (or ``\\fbox{}``); None if none closes."""
+    contents = _boxed_contents(text)
+    return contents[-1] if contents else None
 
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -121,11 +141,9 @@ _ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:=]?\s*([^\n]*)
 
 
 def _candidates(text: str, flexible: bool) -> list[tuple[str, str, str]]:
-    """(rule, span, which) in priority order."""
-    found: list[tuple[str, str, str]] = []
-    boxed = last_boxed(text)
-    if boxed is not None:
-        found.append(("boxed", boxed, "last"))
+    """(rule, span, which) in priority order (every box, last first: the last with a number wins)."""
+    found: list[tuple[str, str, str]] = [("boxed", boxed, "last")
+                                         for boxed in reversed(_boxed_contents(text))]
     tags = _ANSWER_TAG.findall(text)
     if tags:
         found.append(("answer_tag", tags[-1], "last"))

@@ -18,14 +18,22 @@ One program = one process tree, started by exec from a clean launcher:
   open files, processes, no core dumps.
 * **no network** (empty network namespace: only a down loopback), **no view of other processes**
   (pid namespace with its own /proc), **private /tmp, /var/tmp, /dev/shm** (tmpfs in a private mount
-  namespace), **minimal environment** (no tokens or secrets), a **temporary working directory**
-  removed afterwards.
+  namespace; the program's working directory is a fresh one on that private /tmp, so not even `..`
+  leads back to the real one), **minimal environment** (no tokens or secrets), a **temporary
+  working directory** removed afterwards (without namespaces: `cwd/` inside the evaluator's
+  mode-0700 control directory, which holds the program and its captured output).
 * **unprivileged uid** when the evaluator runs as root: root ignores RLIMIT_NPROC and file
   permissions. Each worker slot gets its own uid (`uid_base + slot`), so the per-uid process limit of
   one program never starves another, and programs cannot signal each other.
 * **pass = exit 0 and the pass token.** The launcher writes a fresh random token to stdout only after
-  the program returned normally; `sys.exit(0)` / `os._exit(0)` before the asserts therefore fail. (The
-  token guards against accidental early exits, not against code written to hunt for it.)
+  the program returned normally; `sys.exit(0)` / `os._exit(0)` before the asserts therefore fail. The
+  launcher deletes its configuration file (which carries the token) as soon as it has read it, so
+  the token is not on disk while the program runs. It does stay in the launcher's memory, which the
+  program shares: the token guards against accidental early exits, not against code written to
+  hunt for it (walking frames or the garbage collector finds it).
+* **setup failures are loud.** A private /tmp that cannot be mounted, an rlimit or uid drop that
+  fails: the launcher reports it (with the token, so a program cannot fake it) and `run` raises
+  :class:`SandboxSetupError` instead of scoring the program as failed.
 
 Where namespaces are unavailable (no `unshare`, no privileges for it) the sandbox still applies
 rlimits, the session, the uid drop (as root) and the timeout, and logs a loud warning once per
@@ -57,6 +65,12 @@ logger = logging.getLogger(__name__)
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 PASSED = "passed"
 TIMED_OUT = "timed out"
+_SETUP_FAILED_MARK = "SandboxSetupError"  # first word of the launcher's setup-failure report
+
+
+class SandboxSetupError(RuntimeError):
+    """The launcher could not set a program's sandbox up (e.g. the private /tmp mount failed)."""
+
 
 # Never inherited from the evaluator: the sandbox builds its environment from scratch.
 _SANDBOX_ENV = {
@@ -190,8 +204,28 @@ def _base_python() -> str:
     return str(Path(getattr(sys, "_base_executable", sys.executable) or sys.executable).resolve())
 
 
+def _mount_namespace() -> str | None:
+    """This process's mount namespace ("mnt:[4026531841]"); None where /proc does not tell."""
+    try:
+        return os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return None
+
+
+# Probe run under the namespace prefix: exit 0 if it is in a mount namespace of its own (argv[1] is
+# the evaluator's) and may mount a tmpfs over /tmp there (as the launcher will), else 3.
+_PROBE_NO_TMPFS = 3
+_PROBE = (
+    "import ctypes, os, sys\n"
+    "if os.readlink('/proc/self/ns/mnt') == sys.argv[1]: sys.exit(3)\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "sys.exit(0 if libc.mount(b'tmpfs', b'/tmp', b'tmpfs', 0, b'size=65536,mode=1777') == 0 else 3)\n"
+)
+
+
 def detect_isolation(python: str | None = None, *, use_namespaces: bool = True) -> Isolation:
-    """Probe what isolation works here (runs `unshare ... true` once, ~10 ms).
+    """Probe what isolation works here (runs `unshare ... python` once, ~30 ms): namespaces, and
+    whether a private tmpfs can be mounted in them (`private_tmp`).
 
     python: interpreter for programs; default the current base interpreter, or, when running as root,
     the first of it, `/usr/bin/python3`, `python3` on PATH whose standard library an unprivileged uid
@@ -220,15 +254,22 @@ def detect_isolation(python: str | None = None, *, use_namespaces: bool = True) 
     if unshare:
         base = (unshare, "--net", "--pid", "--fork", "--mount-proc", "--kill-child")
         prefixes = [base] if is_root else [(unshare, "--user", "--map-root-user") + base[1:]]
+    host_namespace = _mount_namespace() or ""
     for prefix in prefixes:
         try:
-            probe = subprocess.run([*prefix, chosen, "-I", "-S", "-c", "pass"], capture_output=True,
-                                   timeout=20, check=False)
+            probe = subprocess.run([*prefix, chosen, "-I", "-S", "-c", _PROBE, host_namespace],
+                                   capture_output=True, timeout=20, check=False)
         except (OSError, subprocess.SubprocessError):
             continue
-        if probe.returncode == 0:
-            return Isolation(prefix, network=True, pid=True, drop_uid=drop_uid, private_tmp=True,
-                             python=chosen)
+        if probe.returncode in (0, _PROBE_NO_TMPFS):
+            private_tmp = probe.returncode == 0
+            if not private_tmp:
+                logger.warning(
+                    "SANDBOX WARNING: `%s` gives no private mount namespace in which a tmpfs can be "
+                    "mounted: sandboxed programs SEE THE REAL /tmp, /var/tmp and /dev/shm (network "
+                    "and pid isolation still apply).", " ".join(prefix))
+            return Isolation(prefix, network=True, pid=True, drop_uid=drop_uid,
+                             private_tmp=private_tmp, python=chosen)
     logger.warning(
         "SANDBOX WARNING: Linux namespaces are unavailable (`unshare --net --pid` failed or is "
         "missing): sandboxed programs CAN USE THE NETWORK and see other processes, and a daemon that "
@@ -302,6 +343,7 @@ class Sandbox:
             2_000_000 + 1024 * secrets.randbelow(1_000_000)
         self.keep_output_bytes = int(keep_output_bytes)
         self.root_dir = str(root_dir) if root_dir is not None else None
+        self._host_mount_namespace = _mount_namespace()
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
@@ -340,6 +382,8 @@ class Sandbox:
                 "private_tmp": self.isolation.private_tmp,
                 "tmpfs_bytes": limits.tmpfs_bytes,
                 "parent_death_signal": self.isolation.unshare_command is not None,
+                # the launcher never mounts in this namespace (the shared /tmp) by mistake
+                "host_mount_namespace": self._host_mount_namespace,
             }
             config_path = control / "config.marshal"
             config_path.write_bytes(marshal.dumps(config))
@@ -399,8 +443,15 @@ class Sandbox:
         exception = None
         category = "other"
         if result_path.exists():
-            # "<ExceptionName> <category>", written by the launcher when the program raised.
-            words = result_path.read_bytes()[:200].decode("utf-8", errors="replace").split()
+            # "<ExceptionName> <category>", written by the launcher when the program raised, or
+            # "SandboxSetupError setup <token> <message>" when it never got to run the program.
+            report = result_path.read_bytes()[:1000].decode("utf-8", errors="replace")
+            words = report.split(maxsplit=3)
+            if words[:3] == [_SETUP_FAILED_MARK, "setup", token]:
+                detail = words[3] if len(words) > 3 else "no detail"
+                raise SandboxSetupError(
+                    f"the sandbox could not be set up for a program ({detail}); isolation: "
+                    f"{self.isolation.describe()}. The program did not run; nothing was scored")
             if len(words) >= 2 and words[0].isidentifier():
                 exception, category = words[0], words[1]
         cpu_killed = returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU) or category == "timeout"
@@ -467,5 +518,6 @@ __all__ = [
     "Isolation",
     "Sandbox",
     "SandboxLimits",
+    "SandboxSetupError",
     "detect_isolation",
 ]
