@@ -116,6 +116,7 @@ class DemoSettings:
     finetune_lr: float = 1e-3
     num_samples: int = 256
     num_infill: int = 128
+    eval_batch_size: int = 128
     sampling_steps: int = 64
     temperature: float = 1.0
     bayes_rows: int = 256
@@ -313,6 +314,10 @@ class DemoPaths:
     def tokenizer(self) -> Path:
         return self.data / "tokenizer"
 
+    def eval_tasks(self, benchmark: str) -> Path:
+        """The eval runner's task file of one demo benchmark (``unconditional`` / ``infill``)."""
+        return self.data / f"eval_{benchmark}.jsonl"
+
     @property
     def cache(self) -> Path:
         return self.root / "cache"
@@ -372,6 +377,23 @@ def write_data(paths: DemoPaths, settings: DemoSettings) -> dict[str, Any]:
         paths.heldout_file, [{"prompt": PROMPT_TEXT, "response": text} for text in heldout]
     )
     _write_jsonl(paths.infill_file, [asdict(task) for task in tasks])
+    # The eval runner's task files (`task: jsonl` specs, see eval_spec): each unconditional sample
+    # is paired with one held-out string, whose length is its reference length.
+    _write_jsonl(
+        paths.eval_tasks("unconditional"),
+        [
+            {"task_id": f"unconditional/{index}", "prompt": PROMPT_TEXT, "reference": text}
+            for index, text in enumerate(heldout[: settings.num_samples])
+        ],
+    )
+    _write_jsonl(
+        paths.eval_tasks("infill"),
+        [
+            {"task_id": f"infill/{index}", "prefix": task.prefix, "suffix": task.suffix,
+             "reference": task.middle}
+            for index, task in enumerate(tasks)
+        ],
+    )
     tokenizer = build_bracket_tokenizer()
     tokenizer.save_pretrained(str(paths.tokenizer))
     info = {
@@ -621,103 +643,147 @@ def mdm_infill(
     return outputs
 
 
+BENCHMARKS = ("unconditional", "infill")
+
+
+def check_brackets(task: Any, completion: str) -> bool:
+    """The demo benchmarks' verdict (``metric.check`` of :func:`eval_spec`): the sample, or the
+    infilled ``prefix + middle + suffix``, is a balanced string."""
+    return is_balanced((task.prefix or "") + completion + (task.suffix or ""))
+
+
+def eval_spec(benchmark: str, batch_size: int) -> dict[str, Any]:
+    """The eval runner spec of one demo benchmark: a ``task: jsonl`` benchmark over the task file
+    written by the data stage, scored by :func:`check_brackets`."""
+    return {
+        "name": f"brackets-{benchmark}",
+        "task": "jsonl",
+        "data": {"file": f"eval_{benchmark}.jsonl"},
+        "generation": {"batch_size": batch_size},
+        "metric": {"check": "retrofit.demo:check_brackets", "primary": "accuracy"},
+    }
+
+
+class ArmSampler:
+    """``generate_fn`` of the eval runner for one demo arm and benchmark.
+
+    FlexMDM: unconditional samples grow from BOS at the sampling temperature; infilling inserts
+    only between ``BOS + prefix`` and the suffix, greedily. MDM baseline: LLaDA's sampler on a
+    ``CANVAS_LENGTH`` canvas in blocks of ``MDM_BLOCK_LENGTH``; infilling fills a fixed canvas
+    (:func:`mdm_infill`). Every sample draws from the random stream of its task id and sample
+    index (``retrofit.evaluate.sample_stream_id``), so batching never changes it. Texts drop EOS
+    / pad, as LLaDA decodes; lengths are in tokens (= characters).
+    """
+
+    def __init__(self, arm: str, model: Any, vocab: Mapping[str, int], benchmark: str,
+                 settings: DemoSettings) -> None:
+        self.arm, self.model, self.benchmark, self.settings = arm, model, benchmark, settings
+        self.encode = {"(": vocab["("], ")": vocab[")"]}
+        self.inverse = {index: token for token, index in vocab.items() if len(token) == 1}
+        self.bos = [vocab["<|bos|>"]]
+        self.eos = model.eos_token_id if model.eos_token_id is not None else model.pad_token_id
+        # BOS only ever starts a row: neither arm may emit it (nor the mask, nor pad = EOS for
+        # the FlexMDM).
+        self.flex_forbidden = [model.mask_token_id, model.pad_token_id, self.bos[0]]
+
+    def __call__(self, tasks: Sequence[Any]) -> list[Any]:
+        from retrofit.evaluate import Generation, sample_stream_id
+        from retrofit.sampling import flexmdm_generate, mdm_generate
+
+        settings, model = self.settings, self.model
+        row_ids = [sample_stream_id(task.task_id, task.sample_index) for task in tasks]
+        common = {"steps": settings.sampling_steps, "progress": False, "row_ids": row_ids}
+        if self.benchmark == "unconditional":
+            prompts = [self.bos for _ in tasks]
+            if self.arm == "flexmdm":
+                answers = flexmdm_generate(
+                    model, prompts, temperature=settings.temperature, seed=settings.seed,
+                    max_length=2 * CANVAS_LENGTH, forbid_token_ids=self.flex_forbidden, **common,
+                ).sequences
+            else:
+                answers = mdm_generate(
+                    model, prompts, gen_length=CANVAS_LENGTH, block_length=MDM_BLOCK_LENGTH,
+                    temperature=settings.temperature, seed=settings.seed,
+                    forbid_token_ids=self.bos, **common,
+                ).sequences
+        else:
+            prefixes = [self.bos + [self.encode[c] for c in task.prefix] for task in tasks]
+            suffixes = [[self.encode[c] for c in task.suffix] for task in tasks]
+            if self.arm == "flexmdm":
+                answers = flexmdm_generate(
+                    model, prefixes, suffixes=suffixes, seed=settings.seed + 1,
+                    max_length=2 * CANVAS_LENGTH, forbid_token_ids=self.flex_forbidden, **common,
+                ).sequences
+            else:
+                answers = mdm_infill(
+                    model, prefixes, suffixes, canvas=MAX_MIDDLE, total_length=1 + CANVAS_LENGTH,
+                    steps=min(settings.sampling_steps, MAX_MIDDLE), eos_token_id=self.eos,
+                    forbid_token_ids=self.bos,
+                )
+        texts = [_decode(ids, self.inverse, {self.eos, model.pad_token_id}) for ids in answers]
+        return [Generation(text, num_tokens=len(text)) for text in texts]
+
+
+def _checkpoint_digest(checkpoint: Path) -> str:
+    """sha256 over the checkpoint's weight files: eval results are tied to these weights."""
+    digest = hashlib.sha256()
+    for path in sorted(checkpoint.glob("*.safetensors")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def evaluate_arm(
     arm: str, checkpoint: Path, paths: DemoPaths, settings: DemoSettings
 ) -> dict[str, Any]:
-    """Sample from one arm: unconditional strings and infilling middles; returns metrics + samples."""
+    """Both demo benchmarks for one arm through the eval runner (``retrofit.evaluate``); returns
+    the table metrics. Per-sample JSONL, ``summary.json`` and ``lengths.png`` land in
+    ``eval/<arm>/<benchmark>/``; a killed evaluation resumes there, and results of other weights
+    (a retrained arm) are replaced."""
     import torch
 
     from retrofit.adapter import FlexMDM
-    from retrofit.evaluation.lengths import length_report
-    from retrofit.sampling import flexmdm_generate, mdm_generate
+    from retrofit.evaluate import run_evaluation
 
     model = FlexMDM.from_pretrained(str(checkpoint), dtype=torch.float32)
     model.eval()
     vocab = json.loads((paths.data / "data_info.json").read_text())["vocab"]
-    inverse = {index: token for token, index in vocab.items() if len(token) == 1}
-    eos = model.eos_token_id if model.eos_token_id is not None else model.pad_token_id
-    drop = {eos, model.pad_token_id}
-    reference = [len(record["response"]) for record in _read_jsonl(paths.heldout_file)]
-    tasks = [InfillTask(**record) for record in _read_jsonl(paths.infill_file)]
-    bos = [vocab["<|bos|>"]]
-    # BOS only ever starts a row: neither arm may emit it (nor the mask, nor pad = EOS for FlexMDM).
-    flex_forbidden = [model.mask_token_id, model.pad_token_id, bos[0]]
-    encode = {"(": vocab["("], ")": vocab[")"]}
-    prefixes = [bos + [encode[c] for c in task.prefix] for task in tasks]
-    suffixes = [[encode[c] for c in task.suffix] for task in tasks]
-    prompts = [bos for _ in range(settings.num_samples)]
+    identity = {"checkpoint": str(checkpoint.resolve()), "kind": model.kind,
+                "weights_sha256": _checkpoint_digest(checkpoint)}
     started = time.perf_counter()
-    if arm == "flexmdm":
-        # Unconditional samples at the sampling temperature; infilling greedy.
-        result = flexmdm_generate(
-            model,
-            prompts,
-            steps=settings.sampling_steps,
-            temperature=settings.temperature,
-            seed=settings.seed,
-            progress=settings.progress,
-            max_length=2 * CANVAS_LENGTH,
-            forbid_token_ids=flex_forbidden,
+    summaries, samples = {}, {}
+    for benchmark in BENCHMARKS:
+        output = paths.eval / arm / benchmark
+        run_file = output / "run.json"
+        if run_file.is_file() and json.loads(run_file.read_text()).get("model") != identity:
+            shutil.rmtree(output)  # results of other weights: this arm was retrained
+        summaries[benchmark] = run_evaluation(
+            eval_spec(benchmark, settings.eval_batch_size), output,
+            generate_fn=ArmSampler(arm, model, vocab, benchmark, settings),
+            data=paths.eval_tasks(benchmark), model_identity=identity,
+            settings={"steps": settings.sampling_steps, "temperature": settings.temperature,
+                      "seed": settings.seed},
+            count_tokens=len, progress=settings.progress,
         )
-        infill = flexmdm_generate(
-            model,
-            prefixes,
-            suffixes=suffixes,
-            steps=settings.sampling_steps,
-            seed=settings.seed + 1,
-            progress=settings.progress,
-            max_length=2 * CANVAS_LENGTH,
-            forbid_token_ids=flex_forbidden,
-        )
-        answers, middles_ids = result.sequences, infill.sequences
-    else:
-        result = mdm_generate(
-            model,
-            prompts,
-            gen_length=CANVAS_LENGTH,
-            block_length=MDM_BLOCK_LENGTH,
-            steps=settings.sampling_steps,
-            temperature=settings.temperature,
-            seed=settings.seed,
-            progress=settings.progress,
-            forbid_token_ids=bos,
-        )
-        middles_ids = mdm_infill(
-            model,
-            prefixes,
-            suffixes,
-            canvas=MAX_MIDDLE,
-            total_length=1 + CANVAS_LENGTH,
-            steps=min(settings.sampling_steps, MAX_MIDDLE),
-            eos_token_id=eos,
-            forbid_token_ids=bos,
-        )
-        answers = result.sequences
-    samples = [_decode(ids, inverse, drop) for ids in answers]
-    middles = [_decode(ids, inverse, drop) for ids in middles_ids]
-    elapsed = time.perf_counter() - started
-    lengths = [len(text) for text in samples]
-    valid = [is_balanced(text) for text in samples]
-    infill_ok = [is_balanced(t.prefix + m + t.suffix) for t, m in zip(tasks, middles)]
-    report = length_report(lengths, reference)
+        samples[benchmark] = _read_jsonl(output / "samples.jsonl")
+    unconditional, infill = summaries["unconditional"], summaries["infill"]
+    lengths = [record["generated_tokens"] for record in samples["unconditional"]]
     return {
         "arm": arm,
         "checkpoint": str(checkpoint),
-        "length_w1": float(report["wasserstein_1"]),
-        "length_report": report,
-        "valid_pct": 100.0 * sum(valid) / len(valid),
-        "infill_ok_pct": 100.0 * sum(infill_ok) / len(infill_ok),
-        "infill_middle_length_mean": sum(len(m) for m in middles) / len(middles),
-        "infill_true_middle_length_mean": sum(len(t.middle) for t in tasks) / len(tasks),
-        "num_samples": len(samples),
-        "num_infill": len(tasks),
-        "sampling_seconds": elapsed,
+        "length_w1": float(unconditional["lengths"]["wasserstein_1"]),
+        "length_report": unconditional["lengths"],
+        "valid_pct": 100.0 * unconditional["accuracy"],
+        "valid_interval_95": [100.0 * bound for bound in unconditional["interval_95"]],
+        "infill_ok_pct": 100.0 * infill["accuracy"],
+        "infill_ok_interval_95": [100.0 * bound for bound in infill["interval_95"]],
+        "infill_middle_length_mean": infill["lengths"]["generated"]["mean"],
+        "infill_true_middle_length_mean": infill["lengths"]["reference"]["mean"],
+        "num_samples": len(lengths),
+        "num_infill": len(samples["infill"]),
+        "sampling_seconds": time.perf_counter() - started,
         "lengths": lengths,
-        "samples": samples,
-        "infill": [
-            {"prefix": t.prefix, "suffix": t.suffix, "true_middle": t.middle, "middle": m, "ok": ok}
-            for t, m, ok in zip(tasks, middles, infill_ok)
-        ],
+        "reference_lengths": [record["reference_tokens"] for record in samples["unconditional"]],
+        "results": {benchmark: str(paths.eval / arm / benchmark) for benchmark in BENCHMARKS},
     }
 
 
@@ -827,11 +893,12 @@ def plot_lengths(
 
 
 def run_eval(paths: DemoPaths, settings: DemoSettings) -> dict[str, Any]:
-    """Evaluate both arms' final checkpoints; writes per-arm JSON, samples and the PNGs."""
+    """Evaluate both arms' final checkpoints with the eval runner; writes the PNGs and metrics."""
     from retrofit.evaluation.lengths import plot_length_histograms
 
     paths.eval.mkdir(parents=True, exist_ok=True)
-    reference = [len(record["response"]) for record in _read_jsonl(paths.heldout_file)]
+    for benchmark in BENCHMARKS:
+        _require(paths.eval_tasks(benchmark), "data", paths)
     metrics: dict[str, Any] = {}
     for arm in ARMS:
         checkpoint = paths.arm(arm) / "final"
@@ -841,22 +908,19 @@ def run_eval(paths: DemoPaths, settings: DemoSettings) -> dict[str, Any]:
                 f"(retrofit demo --stage finetune --output {paths.root})"
             )
         _log(
-            f"evaluating the {ARM_TITLES[arm]} arm ({settings.num_samples} samples, "
-            f"{settings.num_infill} infilling tasks)"
+            f"evaluating the {ARM_TITLES[arm]} arm with the eval runner ({settings.num_samples} "
+            f"samples, {settings.num_infill} infilling tasks) -> {paths.eval / arm}"
         )
         result = evaluate_arm(arm, checkpoint, paths, settings)
-        _write_jsonl(
-            paths.eval / f"{arm}_samples.jsonl", [{"text": s} for s in result.pop("samples")]
-        )
-        _write_jsonl(paths.eval / f"{arm}_infill.jsonl", result.pop("infill"))
         plot_length_histograms(
             result["lengths"],
-            reference,
+            result["reference_lengths"],
             paths.eval / f"lengths_{arm}.png",
             title=f"{ARM_TITLES[arm]}: string lengths",
         )
         (paths.eval / f"{arm}_metrics.json").write_text(json.dumps(result, indent=2))
         metrics[arm] = result
+    reference = metrics[ARMS[0]]["reference_lengths"]
     plot_lengths(
         reference,
         {arm: metrics[arm]["lengths"] for arm in ARMS},
@@ -916,7 +980,8 @@ def write_report(paths: DemoPaths, settings: DemoSettings, state: Mapping[str, A
         results_table(arms),
         "",
         f"- length W1: Wasserstein-1 distance (in tokens) between the lengths of "
-        f"{arms['flexmdm']['num_samples']} unconditional samples and {len(reference)} held-out strings; "
+        f"{arms['flexmdm']['num_samples']} unconditional samples and of the {len(reference)} held-out "
+        "strings they are paired with (one reference per sample); "
         "mean generated length "
         + ", ".join(
             f"{ARM_TITLES[a]} {arms[a]['length_report']['generated']['mean']:.1f}" for a in ARMS
@@ -928,7 +993,12 @@ def write_report(paths: DemoPaths, settings: DemoSettings, state: Mapping[str, A
             f"unmasks a {CANVAS_LENGTH}-token canvas in semi-autoregressive blocks of {MDM_BLOCK_LENGTH} "
             "(low-confidence remasking, as `eval/lengths.yaml`)."
         ),
-        "- valid %: unconditional samples that are balanced (non-empty).",
+        "- valid %: unconditional samples that are balanced (non-empty); 95% Wilson intervals: "
+        + ", ".join(
+            f"{ARM_TITLES[a]} {arms[a]['valid_interval_95'][0]:.1f}-{arms[a]['valid_interval_95'][1]:.1f}"
+            for a in ARMS
+        )
+        + ".",
         f"- infill ok %: {arms['flexmdm']['num_infill']} held-out strings of length 16 or 32 with a "
         f"middle of 1-{MAX_MIDDLE} characters removed; the completed string must be balanced. "
         f"Greedy decoding. FlexMDM inserts only between prefix and suffix; the MDM fills a fixed "
@@ -945,7 +1015,11 @@ def write_report(paths: DemoPaths, settings: DemoSettings, state: Mapping[str, A
         "",
         (
             "Per-arm histograms: [eval/lengths_flexmdm.png](eval/lengths_flexmdm.png), "
-            "[eval/lengths_mdm.png](eval/lengths_mdm.png); samples and metrics in `eval/`."
+            "[eval/lengths_mdm.png](eval/lengths_mdm.png). Both arms ran through the eval runner "
+            "(`retrofit.evaluate.run_evaluation`, `task: jsonl` specs scored by "
+            "`retrofit.demo:check_brackets`): per-sample `samples.jsonl`, `summary.json` (metric, "
+            "95% interval, length statistics) and `lengths.png` in `eval/<arm>/unconditional/` and "
+            "`eval/<arm>/infill/`."
         ),
         "",
         "## Insertion head vs the Bayes-optimal count",

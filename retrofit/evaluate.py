@@ -147,11 +147,73 @@ def _load_gsm8k_records(spec: EvalSpec, data: str | Path | None) -> list[dict[st
     return [dict(row) for row in dataset]
 
 
+def _load_jsonl_tasks(spec: EvalSpec, data: str | Path | None) -> list[EvalTask]:
+    """The tasks of a ``task: jsonl`` spec (see ``retrofit.evaluation.specs``), in file order."""
+    from retrofit.evaluation.specs import JSONL_FIELDS
+
+    name = spec.data.get("file")
+    if data is not None:
+        path = Path(data)
+        if path.is_dir():
+            if name is None:
+                raise FileNotFoundError(f"--data {data} is a folder but spec {spec.name!r} names "
+                                        "no data.file to look for in it")
+            path = path / name
+    elif name is not None:
+        path = Path(name)
+        if not path.is_absolute() and spec.path is not None:
+            path = Path(spec.path).parent / path
+    else:
+        raise ValueError(f"spec {spec.name!r} names no data.file: pass --data PATH (a JSONL file)")
+    if not path.is_file():
+        raise FileNotFoundError(f"spec {spec.name!r}: task file {path} does not exist (--data PATH)")
+    keys = {role: role for role in JSONL_FIELDS} | dict(spec.data.get("fields", {}))
+    tasks, seen = [], set()
+    for line, record in enumerate(_read_jsonl(path), start=1):
+        task_id = record.get(keys["task_id"])
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError(f"{path}:{line}: needs a string `{keys['task_id']}` (the task id)")
+        if task_id in seen:
+            raise ValueError(f"{path}:{line}: task id {task_id!r} appears twice")
+        seen.add(task_id)
+        texts = {role: record.get(keys[role]) for role in ("prompt", "prefix", "suffix", "reference")}
+        for role, value in texts.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{path}:{line}: `{keys[role]}` must be a string, got {value!r}")
+        infill = texts["prefix"] is not None
+        if infill and texts["suffix"] is None:
+            raise ValueError(f"{path}:{line}: an infilling task needs `{keys['suffix']}` too")
+        if not infill and texts["prompt"] is None:
+            raise ValueError(f"{path}:{line}: needs `{keys['prompt']}` (or `{keys['prefix']}` and "
+                             f"`{keys['suffix']}` for infilling)")
+        tasks.append(EvalTask(task_id=task_id, kind="infill" if infill else "chat",
+                              prompt=texts["prompt"], prefix=texts["prefix"],
+                              suffix=texts["suffix"], reference=texts["reference"] or ""))
+    return tasks
+
+
+def _load_check(spec: EvalSpec) -> Callable[[EvalTask, str], bool]:
+    """The ``metric.check`` function of a jsonl spec, imported from ``module:function``."""
+    import importlib
+
+    module_name, _, function_name = spec.metric["check"].partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"spec {spec.name!r}: metric.check {spec.metric['check']!r} cannot be "
+                         f"imported ({type(error).__name__}: {error})") from error
+    if not callable(function):
+        raise TypeError(f"spec {spec.name!r}: metric.check {spec.metric['check']!r} is not callable")
+    return function
+
+
 def load_tasks(spec: EvalSpec, data: str | Path | None = None) -> list[EvalTask]:
     """All tasks of a spec, in benchmark order."""
     from retrofit.evaluation.gsm8k import format_gsm8k_prompt, parse_gold
 
     source = spec.source_task
+    if source == "jsonl":
+        return _load_jsonl_tasks(spec, data)
     if source == "gsm8k":
         tasks = []
         for index, record in enumerate(_load_gsm8k_records(spec, data)):
@@ -323,6 +385,7 @@ class _Scorer:
     def __init__(self, spec: EvalSpec, workers: int | None) -> None:
         self.spec = spec
         self.sandbox = None
+        self.check = _load_check(spec) if spec.task == "jsonl" else None
         if spec.source_task == "humaneval_infill" and spec.task != "lengths":
             from retrofit.evaluation.sandbox import Sandbox, SandboxLimits
 
@@ -341,6 +404,10 @@ class _Scorer:
         """One result dict per (task, text): extracted answer, verdict, `correct`."""
         if self.spec.task == "lengths":
             return [{"extracted": None, "verdict": "n/a", "correct": None} for _ in tasks]
+        if self.check is not None:
+            verdicts = [bool(self.check(task, text)) for task, text in zip(tasks, texts)]
+            return [{"extracted": text, "verdict": "correct" if ok else "wrong", "correct": ok}
+                    for text, ok in zip(texts, verdicts)]
         if self.spec.source_task == "gsm8k":
             from retrofit.evaluation.gsm8k import score_gsm8k
 
@@ -522,6 +589,12 @@ def summarize(spec: EvalSpec, records: Sequence[dict[str, Any]], output: Path | 
         summary["failure_buckets"] = dict(Counter(r["failure_bucket"] for r in records))
         summary["verdicts"] = dict(Counter(r["verdict"] for r in records).most_common(20))
         summary["metric"], summary["value"] = "pass@1", summary["pass@1"]
+    elif spec.task == "jsonl" and records:
+        correct = sum(bool(r["correct"]) for r in records)
+        summary["accuracy"] = correct / len(records)
+        summary["interval_95"], summary["interval_method"] = (
+            list(wilson_interval(correct, len(records))), "wilson")
+        summary["metric"], summary["value"] = "accuracy", summary["accuracy"]
     generated = [r["generated_tokens"] for r in records if r.get("generated_tokens") is not None]
     reference = [r["reference_tokens"] for r in records if r.get("reference_tokens") is not None]
     unit = "tokens"
@@ -675,7 +748,8 @@ def run_evaluation(
                 if key in done:
                     continue
                 written += 1
-                reference_text = (task.reference if task.kind == "infill" else _gsm8k_reference(task))
+                reference_text = (_gsm8k_reference(task) if spec.source_task == "gsm8k"
+                                  else task.reference)
                 record = {
                     "key": key, "task_id": task.task_id, "prompt_id": task.task_id,
                     "sample_index": sample_index, "generated": generation.text, **score,

@@ -176,20 +176,34 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         metrics = json.loads((output / "eval" / f"{arm}_metrics.json").read_text())
         assert metrics["num_samples"] == len(metrics["lengths"]) == 24
         assert all(0 <= length <= 128 for length in metrics["lengths"])
+        # Both benchmarks ran through the eval runner: per-sample records and a summary each.
+        runs = output / "eval" / arm
         samples = [
             json.loads(line)
-            for line in (output / "eval" / f"{arm}_samples.jsonl").read_text().splitlines()
+            for line in (runs / "unconditional" / "samples.jsonl").read_text().splitlines()
         ]
-        assert len(samples) == 24 and all(set(s["text"]) <= {"(", ")"} for s in samples)
+        assert len(samples) == 24 and all(set(s["generated"]) <= {"(", ")"} for s in samples)
+        assert [s["correct"] for s in samples] == [is_balanced(s["generated"]) for s in samples]
+        assert [s["generated_tokens"] for s in samples] == metrics["lengths"]
+        unconditional = json.loads((runs / "unconditional" / "summary.json").read_text())
+        assert unconditional["metric"] == "accuracy" and unconditional["num_samples"] == 24
+        assert 100 * unconditional["accuracy"] == pytest.approx(table["valid_pct"])
+        assert unconditional["lengths"]["wasserstein_1"] == pytest.approx(table["length_w1"])
+        tasks = {
+            record["task_id"]: record
+            for record in map(json.loads, (output / "data" / "eval_infill.jsonl").read_text().splitlines())
+        }
         infill = [
             json.loads(line)
-            for line in (output / "eval" / f"{arm}_infill.jsonl").read_text().splitlines()
+            for line in (runs / "infill" / "samples.jsonl").read_text().splitlines()
         ]
         assert len(infill) == 16
         for record in infill:
-            assert record["ok"] == is_balanced(
-                record["prefix"] + record["middle"] + record["suffix"]
+            task = tasks[record["task_id"]]
+            assert record["correct"] == is_balanced(
+                task["prefix"] + record["generated"] + task["suffix"]
             )
+        _check_png(runs / "infill" / "lengths.png")
         assert (output / arm / "final" / "retrofit_config.json").is_file()
         assert (output / arm / "train_summary.json").is_file()
     bayes = summary["bayes"]["table"]

@@ -565,3 +565,60 @@ def test_module_entry_point_runs_compare(tmp_path):
     from retrofit.cli import main as retrofit_main  # `retrofit compare A B`
 
     assert retrofit_main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+
+
+# ----------------------------------------------------------------------------- jsonl benchmarks
+def matches_a_reference(task: EvalTask, completion: str) -> bool:
+    """The check function of the jsonl benchmark test below (imported by the runner by name)."""
+    return (task.prefix or "") + completion + (task.suffix or "") in task.reference.split("|")
+
+
+def test_jsonl_benchmark_with_a_check_function(tmp_path, monkeypatch):
+    """A benchmark of one's own: a YAML spec + a JSONL task file + `module:function`, no code in
+    retrofit. Prompt and infilling tasks, accuracy with a Wilson interval, lengths vs references."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    tasks_file = tmp_path / "tasks.jsonl"
+    records = [
+        {"id": "p/0", "prompt": "say hi", "reference": "hi|hello"},
+        {"id": "p/1", "prompt": "say bye", "reference": "bye"},
+        {"id": "i/0", "prefix": "a", "suffix": "c", "reference": "abc"},
+    ]
+    tasks_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec_file = tmp_path / "mine.yaml"
+    spec_file.write_text(textwrap.dedent("""\
+        name: mine
+        task: jsonl
+        data: {file: tasks.jsonl, fields: {task_id: id}}
+        metric: {check: "test_evaluate:matches_a_reference"}
+    """))
+    tasks = load_tasks(load_spec(spec_file))  # data.file is relative to the spec file
+    assert [(t.task_id, t.kind) for t in tasks] == [("p/0", "chat"), ("p/1", "chat"), ("i/0", "infill")]
+    answers = {"p/0": "hello", "p/1": "ciao", "i/0": "b"}
+    summary = run_evaluation(spec_file, tmp_path / "out", progress=False,
+                             generate_fn=lambda batch: [answers[t.task_id] for t in batch])
+    assert summary["metric"] == "accuracy" and summary["accuracy"] == pytest.approx(2 / 3)
+    assert summary["interval_95"] == pytest.approx(list(wilson_interval(2, 3)))
+    assert [s["correct"] for s in read_samples(tmp_path / "out")] == [True, False, True]
+    assert summary["lengths"]["unit"] == "characters" and "wasserstein_1" in summary["lengths"]
+
+    def broken(text: str, pattern: str) -> None:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        spec = {"name": "bad", "task": "jsonl", "data": {"file": str(bad)},
+                "metric": {"check": "test_evaluate:matches_a_reference"}}
+        with pytest.raises(ValueError, match=pattern):
+            load_tasks(load_spec(spec))
+
+    broken('{"prompt": "x"}\n', "needs a string `task_id`")
+    broken('{"task_id": "a", "prompt": "x"}\n{"task_id": "a", "prompt": "y"}\n', "appears twice")
+    broken('{"task_id": "a", "prefix": "x"}\n', "needs `suffix` too")
+    broken('{"task_id": "a"}\n', "needs `prompt`")
+    with pytest.raises(ValueError, match="needs metric.check: 'module:function'"):
+        load_spec({"name": "x", "task": "jsonl", "data": {"file": "t.jsonl"}})
+    with pytest.raises(ValueError, match="cannot be imported"):
+        run_evaluation({"name": "x", "task": "jsonl", "data": {"file": str(tasks_file),
+                        "fields": {"task_id": "id"}}, "metric": {"check": "nowhere:nothing"}},
+                       tmp_path / "x", completions=[("p/0", "hi")], progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tasks(load_spec({"name": "x", "task": "jsonl", "data": {"file": str(tmp_path / "no.jsonl")},
+                              "metric": {"check": "a:b"}}))

@@ -4,7 +4,7 @@ A spec is declarative, the way lm-evaluation-harness keeps tasks: adding a bench
 a YAML file. Fields:
 
     name: gsm8k                      # result identity
-    task: gsm8k | humaneval_infill | lengths
+    task: gsm8k | humaneval_infill | lengths | jsonl
     data: {...}                      # where tasks come from (task-specific keys, see below)
     prompt: {...}                    # how a task becomes model input
     generation:                      # sampler keyword arguments per checkpoint kind
@@ -18,6 +18,21 @@ a YAML file. Fields:
 Task-specific data keys: gsm8k: `hub`, `config`, `split`, `file` (the file name to look for when
 `--data` is a folder). humaneval_infill: `variant`. lengths: `source` (the task whose data/prompt it
 reuses: gsm8k or humaneval_infill, with that task's data keys).
+
+`jsonl` is a benchmark of your own, added without code in retrofit: tasks are the lines of a local
+JSONL file and a function of yours decides each verdict (accuracy with a Wilson interval, plus the
+length statistics against each task's reference)::
+
+    name: my-task
+    task: jsonl
+    data:
+      file: tasks.jsonl        # relative to the spec file, or --data PATH (a file or its folder)
+      fields: {task_id: id}    # record keys, default task_id / prompt / prefix / suffix / reference
+    metric:
+      check: my_package.checks:is_correct   # importable `module:function(task, completion) -> bool`
+
+A record with a ``prefix`` is an infilling task (``prefix`` + generated middle + ``suffix``), else a
+prompt task; ``reference`` is the gold text whose length the generated lengths are compared with.
 """
 
 from __future__ import annotations
@@ -27,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("gsm8k", "humaneval_infill", "lengths")
+TASKS = ("gsm8k", "humaneval_infill", "lengths", "jsonl")
+JSONL_FIELDS = ("task_id", "prompt", "prefix", "suffix", "reference")
 KINDS = ("flexmdm", "mdm")
 
 
@@ -56,6 +72,17 @@ class EvalSpec:
         if self.task == "lengths" and self.data.get("source") not in ("gsm8k", "humaneval_infill"):
             raise ValueError(f"spec {self.name!r}: a lengths spec needs data.source: gsm8k or "
                              f"humaneval_infill, got {self.data.get('source')!r}")
+        if self.task == "jsonl":
+            check = self.metric.get("check")
+            if not isinstance(check, str) or ":" not in check:
+                raise ValueError(f"spec {self.name!r}: a jsonl spec needs metric.check: "
+                                 f"'module:function' (called as function(task, completion) -> "
+                                 f"bool), got {check!r}")
+            fields = self.data.get("fields", {})
+            unknown = sorted(set(fields) - set(JSONL_FIELDS)) if isinstance(fields, dict) else None
+            if unknown is None or unknown:
+                raise ValueError(f"spec {self.name!r}: data.fields maps {list(JSONL_FIELDS)} to "
+                                 f"record keys; got {fields!r}")
         for kind in KINDS:
             settings = self.generation.get(kind, {})
             if not isinstance(settings, dict):
@@ -125,4 +152,4 @@ def load_spec(spec: str | Path | dict[str, Any] | EvalSpec) -> EvalSpec:
     return EvalSpec.from_dict(raw, path=str(path))
 
 
-__all__ = ["KINDS", "TASKS", "EvalSpec", "builtin_spec_dir", "load_spec"]
+__all__ = ["JSONL_FIELDS", "KINDS", "TASKS", "EvalSpec", "builtin_spec_dir", "load_spec"]
