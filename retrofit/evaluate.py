@@ -347,6 +347,7 @@ class ModelGenerator:
             self.tokenizer,
             [(t.prompt, t.prefix if t.kind == "infill" else None, t.suffix) for t in tasks],
             objective=self.kind, layout=self.layout, eos_token_id=self.model.config.eos_token_id,
+            mask_token_id=self.model.config.mask_token_id,
         )
 
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
