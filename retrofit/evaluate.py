@@ -250,64 +250,31 @@ def load_completions(path: str | Path) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- model generation
 class ModelGenerator:
-    """`generate_fn` for a checkpoint: FlexMDM (insert + unmask) or MDM baseline, by its kind.
+    """`generate_fn` for a checkpoint: its :class:`retrofit.pipeline.Pipeline` with a spec's sampler
+    settings for the checkpoint's kind (FlexMDM insert + unmask, or the MDM baseline).
 
-    Prompts are encoded exactly as in training (`retrofit.data.encode_prompt`); infilling uses the
-    training layouts (FlexMDM: instruction + prefix + START ... END + suffix + EOS; MDM: the PSM
-    prompt). Decoded with special tokens skipped; lengths are answer tokens.
+    Prompts are encoded exactly as in training (the checkpoint's recorded prompt layout; a spec's
+    explicit ``prompt.chat_template`` / ``prompt.infill_markers`` override it). Each sample draws
+    from the stream of its (task id, sample index). Lengths are answer tokens.
     """
 
     def __init__(self, model: str, spec: EvalSpec, *, revision: str | None = None,
                  tokenizer: str | None = None, device: str | None = None, dtype: str = "auto",
                  overrides: dict[str, Any] | None = None, seed: int = 0) -> None:
-        import torch
-
-        from retrofit.adapter import FlexMDM
+        from retrofit.pipeline import Pipeline, default_device_and_dtype
 
         self.model_id, self.revision = model, revision
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            dtype = "bfloat16" if str(self.device).startswith("cuda") else "float32"
-        self.model = FlexMDM.from_pretrained(model, revision=revision, dtype=getattr(torch, dtype),
-                                             device=self.device)
-        self.model.eval()
-        self.kind = self.model.kind
-        self.tokenizer = self._load_tokenizer(tokenizer)
-        from retrofit.tokenization import stop_token_ids
-
-        # An answer ends at the first EOS / end-of-turn token, for both arms alike.
-        self.stops = stop_token_ids(self.tokenizer, self.model.config.eos_token_id)
+        self.device, self.dtype = default_device_and_dtype(device, dtype)
+        self.pipeline = Pipeline.from_pretrained(
+            model, revision=revision, tokenizer=tokenizer, device=self.device, dtype=self.dtype,
+            layout_overrides={"chat_template": spec.prompt.get("chat_template"),
+                              "infill_markers": spec.prompt.get("infill_markers")},
+        )  # fmt: skip
+        self.model, self.kind = self.pipeline.model, self.pipeline.kind
         self.spec = spec
-        # The checkpoint's training layout; a spec's explicit prompt settings override it.
-        from retrofit.data import PromptLayout
-
-        self.layout = PromptLayout.from_dict(
-            self.model.config.prompt_layout,
-            chat_template=spec.prompt.get("chat_template"),
-            infill_markers=spec.prompt.get("infill_markers"),
-        )
         self.settings = spec.generation_settings(self.kind)
         self.settings.update(overrides or {})
         self.seed = seed
-        self.dtype = dtype
-
-    def _load_tokenizer(self, tokenizer: str | None) -> Any:
-        """`tokenizer` if given, else the checkpoint's own, else the recorded base model's."""
-        from transformers import AutoTokenizer
-
-        from retrofit.adapter.checkpoint import resolve_checkpoint_dir
-
-        if tokenizer is not None:
-            return AutoTokenizer.from_pretrained(tokenizer)
-        directory = resolve_checkpoint_dir(self.model_id, self.revision)
-        if any((directory / name).is_file()
-               for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-            return AutoTokenizer.from_pretrained(str(directory))
-        base = getattr(self.model.config, "base_model", None)
-        if base is None:
-            raise ValueError(f"{self.model_id} holds no tokenizer and records no base model: "
-                             "pass --tokenizer")
-        return AutoTokenizer.from_pretrained(str(base), revision=self.model.config.base_revision)
 
     def identity(self) -> dict[str, Any]:
         """What was evaluated: checkpoint id or absolute local path, revision, kind, base model,
@@ -316,10 +283,9 @@ class ModelGenerator:
         The same on every rank of a sharded run (it is compared with the run.json rank 0 wrote), so
         per-process fields such as the device are not part of it: see :meth:`runtime`.
         """
-        from retrofit.adapter.checkpoint import resolve_checkpoint_dir
         from retrofit.checkpoint_io import is_hub_id
 
-        directory = resolve_checkpoint_dir(self.model_id, self.revision)
+        directory = self.pipeline.checkpoint_dir(self.model_id, self.revision)
         config_file = directory / "retrofit_config.json"
         digest = hashlib.sha256(config_file.read_bytes()).hexdigest() if config_file.is_file() else None
         # A local checkpoint is recorded by absolute path, so that results read later from another
@@ -336,46 +302,23 @@ class ModelGenerator:
 
     def count_tokens(self, text: str) -> int:
         """Length of `text` in this checkpoint's tokens (no special tokens added)."""
-        from retrofit.data import encode_text
-
-        return len(encode_text(self.tokenizer, text))
-
-    def _encode(self, tasks: Sequence[EvalTask]) -> tuple[list[list[int]], list[list[int]] | None]:
-        from retrofit.data import encode_generation_inputs
-
-        return encode_generation_inputs(
-            self.tokenizer,
-            [(t.prompt, t.prefix if t.kind == "infill" else None, t.suffix) for t in tasks],
-            objective=self.kind, layout=self.layout, eos_token_id=self.model.config.eos_token_id,
-            mask_token_id=self.model.config.mask_token_id,
-        )
+        return self.pipeline.count_tokens(text)
 
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
         """One answer per task; each sample draws from the stream of its (task_id, sample_index)."""
-        import torch
+        from retrofit.pipeline import Task
 
-        from retrofit.sampling import flexmdm_generate, mdm_generate
-        from retrofit.tokenization import cut_at_stop
-
-        prompts, suffixes = self._encode(tasks)
-        row_ids = [sample_stream_id(task.task_id, task.sample_index) for task in tasks]
-        with torch.no_grad():
-            if self.kind == "mdm":
-                result = mdm_generate(self.model, prompts, seed=self.seed, row_ids=row_ids,
-                                      progress=False, **self.settings)
-                answers = result.sequences
-            else:
-                result = flexmdm_generate(self.model, prompts, suffixes=suffixes, seed=self.seed,
-                                          row_ids=row_ids, progress=False, **self.settings)
-                answers = result.sequences
-        answers = [cut_at_stop(ids, self.stops) for ids in answers]
+        requests = [
+            Task(prompt=task.prompt, prefix=task.prefix if task.kind == "infill" else None,
+                 suffix=task.suffix, stream_id=sample_stream_id(task.task_id, task.sample_index))
+            for task in tasks
+        ]  # fmt: skip
+        answers = self.pipeline.generate(requests, self.settings, seed=self.seed)
         outputs = []
-        for index, ids in enumerate(answers):
-            extra = {}
-            if self.kind != "mdm":
-                extra = {"steps": int(result.steps[index]), "truncated": bool(result.truncated[index])}
-            outputs.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True),
-                                      num_tokens=len(ids), extra=extra))
+        for answer in answers:
+            extra = {} if self.kind == "mdm" else {"steps": answer.forward_passes,
+                                                   "truncated": answer.truncated}
+            outputs.append(Generation(answer.text, num_tokens=answer.num_tokens, extra=extra))
         return outputs
 
 

@@ -4,10 +4,10 @@
     retrofit generate --model runs/code --prefix "def add(a, b):\\n" --suffix "\\n    return c\\n"
     retrofit generate --model user/flexmdm-llada --prompts prompts.jsonl --output out.jsonl
 
-The checkpoint is loaded with ``FlexMDM.from_pretrained`` (local directory or Hub id); its kind
-picks the sampler: ``flexmdm`` -> :func:`retrofit.sampling.flexmdm_generate` (insert + unmask),
-``mdm`` -> :func:`retrofit.sampling.mdm_generate` (LLaDA's semi-autoregressive sampler). The
-tokenizer is the one saved in the checkpoint directory, else the base model's recorded in
+The checkpoint is loaded by :class:`retrofit.pipeline.Pipeline` (local directory or Hub id); its
+kind picks the sampler: ``flexmdm`` -> :func:`retrofit.sampling.flexmdm_generate` (insert +
+unmask), ``mdm`` -> :func:`retrofit.sampling.mdm_generate` (LLaDA's semi-autoregressive sampler).
+The tokenizer is the one saved in the checkpoint directory, else the base model's recorded in
 ``retrofit_config.json`` (``--tokenizer`` overrides both).
 
 Prompts are encoded exactly as in training, with the prompt layout the checkpoint records
@@ -17,7 +17,7 @@ override it). Infilling (``--prefix``/``--suffix``, or JSONL records with ``pref
 uses the training layouts: FlexMDM grows the middle between the boundary markers
 (``prompt + prefix + START`` ... ``END + suffix``); the MDM baseline gets the PSM prompt
 (``{instruction}\\n<prefix>..</prefix><suffix>..</suffix>``) and generates ``--gen-length`` tokens.
-An answer ends at the first EOS or end-of-turn token (``retrofit.tokenization.stop_token_ids``).
+An answer ends at the first stop id the checkpoint records (EOS or end of turn).
 
 JSONL records: ``{"prompt": "..."}`` or ``{"prefix": "...", "suffix": "...", "prompt": optional
 instruction}``, optionally with an ``"id"``.
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "cli_main", "load_prompts", "load_tokenizer"]
+__all__ = ["build_parser", "cli_main", "load_prompts", "sampling_settings"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,46 +144,19 @@ def load_prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
-def load_tokenizer(model: Any, args: argparse.Namespace) -> Any:
-    """The checkpoint's tokenizer, else the base model's (``--tokenizer`` overrides)."""
-    from transformers import AutoTokenizer
-
-    from retrofit.adapter.checkpoint import resolve_checkpoint_dir
-
-    if args.tokenizer is not None:
-        return AutoTokenizer.from_pretrained(args.tokenizer)
-    directory = resolve_checkpoint_dir(args.model, args.revision)
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-    if any((directory / name).is_file() for name in tokenizer_files):
-        return AutoTokenizer.from_pretrained(str(directory))
-    base = args.base_model or model.config.base_model
-    if base is None:
-        raise ValueError(
-            f"{args.model} holds no tokenizer and records no base model: pass --tokenizer"
-        )
-    revision = None if args.base_model else model.config.base_revision
-    try:
-        return AutoTokenizer.from_pretrained(str(base), revision=revision)
-    except Exception as error:
-        raise ValueError(
-            f"could not load the tokenizer of base model {base!r} (revision {revision!r}): "
-            f"{error}; pass --tokenizer"
-        ) from error
-
-
-def _encode(records, tokenizer, model, args) -> tuple[list[list[int]], list[list[int]] | None]:
-    """Token ids of the prompts (and infilling suffixes) in the checkpoint's training layout."""
-    from retrofit.data import PromptLayout, encode_generation_inputs
-
-    layout = PromptLayout.from_dict(
-        model.config.prompt_layout, chat_template=args.chat_template,
-        infill_markers=args.infill_markers,
-    )
-    return encode_generation_inputs(
-        tokenizer, [(r["prompt"], r["prefix"], r["suffix"]) for r in records],
-        objective=model.kind, layout=layout, eos_token_id=model.config.eos_token_id,
-        mask_token_id=model.config.mask_token_id,
-    )
+def sampling_settings(args: argparse.Namespace, pipeline: Any) -> dict[str, Any]:
+    """The sampler settings of the command line for the checkpoint's kind."""
+    common = {"steps": args.steps, "temperature": args.temperature, "batch_size": args.batch_size,
+              "sort_by_length": args.sort_by_length}
+    if pipeline.kind == "mdm":
+        return {**common, "gen_length": args.gen_length, "block_length": args.block_length,
+                "cfg_scale": args.cfg_scale, "remasking": args.remasking}
+    ids = pipeline.special_ids
+    forbid = [ids.mask] if args.allow_eos and ids.eos == ids.pad else None
+    return {**common, "confidence": args.confidence, "top_p": args.top_p,
+            "window_alpha": args.window_alpha, "max_window": args.max_window,
+            "max_length": args.max_length, "stop_threshold": args.stop_threshold,
+            "forbid_token_ids": forbid, "fixed_buffer": args.fixed_buffer}
 
 
 def cli_main(argv: list[str] | None = None) -> int:
@@ -196,66 +169,38 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"retrofit generate: {error}", file=sys.stderr)
         return 2
 
-    import torch
+    from retrofit.pipeline import Pipeline, Task
+    from retrofit.sampling import SamplingTrace, plot_trace
 
-    from retrofit.adapter import FlexMDM
-    from retrofit.sampling import SamplingTrace, flexmdm_generate, mdm_generate, plot_trace
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    model = FlexMDM.from_pretrained(
-        args.model, revision=args.revision, base_model=args.base_model,
-        dtype=getattr(torch, dtype), device=device,
-    )
-    tokenizer = load_tokenizer(model, args)
+    pipeline = Pipeline.from_pretrained(
+        args.model, revision=args.revision, base_model=args.base_model, tokenizer=args.tokenizer,
+        device=args.device, dtype=args.dtype,
+        layout_overrides={"chat_template": args.chat_template, "infill_markers": args.infill_markers},
+    )  # fmt: skip
     trace = SamplingTrace() if args.trace_plot is not None else None
+    tasks = [Task(prompt=r["prompt"], prefix=r["prefix"], suffix=r["suffix"]) for r in records]
     try:
-        prompts, suffixes = _encode(records, tokenizer, model, args)
-        common = {"seed": args.seed, "batch_size": args.batch_size, "sort_by_length": args.sort_by_length,
-                      "progress": not args.no_progress, "trace": trace}
-        if model.kind == "mdm":
-            result = mdm_generate(
-                model, prompts, gen_length=args.gen_length, block_length=args.block_length,
-                steps=args.steps, temperature=args.temperature, cfg_scale=args.cfg_scale,
-                remasking=args.remasking, **common,
-            )
-            answers = result.sequences
-        else:
-            forbid = None
-            if args.allow_eos and model.config.eos_token_id == model.config.pad_token_id:
-                forbid = [model.config.mask_token_id]
-            result = flexmdm_generate(
-                model, prompts, suffixes=suffixes, steps=args.steps, confidence=args.confidence,
-                temperature=args.temperature, top_p=args.top_p, window_alpha=args.window_alpha,
-                max_window=args.max_window, max_length=args.max_length,
-                stop_threshold=args.stop_threshold, forbid_token_ids=forbid,
-                fixed_buffer=args.fixed_buffer, **common,
-            )
-            answers = result.sequences
+        answers = pipeline.generate(
+            tasks, sampling_settings(args, pipeline), seed=args.seed,
+            progress=not args.no_progress, trace=trace,
+        )  # fmt: skip
     except ValueError as error:
         print(f"retrofit generate: {error}", file=sys.stderr)
         return 2
 
-    from retrofit.tokenization import cut_at_stop, stop_token_ids
-
-    stops = stop_token_ids(tokenizer, model.config.eos_token_id)
-    answers = [cut_at_stop(ids, stops) for ids in answers]
-    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in answers]
     rows = []
-    for index, (record, text, ids) in enumerate(zip(records, texts, answers)):
-        row = {"id": record["id"], "text": text, "num_tokens": len(ids),
-               "steps": int(result.steps[index]) if model.kind != "mdm" else result.steps}
-        if model.kind != "mdm":
-            row["truncated"] = bool(result.truncated[index])
+    for record, answer in zip(records, answers):
+        row = {"id": record["id"], "text": answer.text, "num_tokens": answer.num_tokens,
+               "steps": answer.forward_passes}
+        if pipeline.kind != "mdm":
+            row["truncated"] = answer.truncated
         rows.append(row)
         if args.json:
             print(json.dumps(row, ensure_ascii=False))
         elif len(records) == 1:
-            print(text)
+            print(answer.text)
         else:
-            print(f"=== [{record['id']}] ({len(ids)} tokens) ===\n{text}")
+            print(f"=== [{record['id']}] ({answer.num_tokens} tokens) ===\n{answer.text}")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         with args.output.open("w", encoding="utf-8") as handle:

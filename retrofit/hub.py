@@ -615,25 +615,20 @@ def _eval_section(records: list[EvalRecord]) -> list[str]:
     return [_table(("Benchmark", "Metric", "Value", "95% interval", "Samples", "Source"), rows), ""]
 
 
-def _usage_section(
-    load_name: str, kind: str, tokenizer_name: str, tokenizer_revision: str | None = None
-) -> list[str]:
-    """How to load the model and generate: the CLI, and the same steps in Python (the prompt encoded
-    in the layout the checkpoint was trained with, the sampler of its kind, the answer cut at its
-    first EOS / end-of-turn token). tests/test_hub.py executes the Python snippet."""
+def _usage_section(load_name: str, kind: str) -> list[str]:
+    """How to load the model and generate: the CLI, and the same steps in Python through
+    :class:`retrofit.pipeline.Pipeline` (tokenizer, recorded prompt layout, the sampler of the
+    checkpoint's kind, the answer cut at its first stop id). tests/test_hub.py executes the
+    Python snippet and compares it with ``retrofit generate``."""
     if kind == "mdm":
-        sampler = "mdm_generate"
         call = [
-            "gen_length = min(256, model.config.max_length - len(prompts[0]))  # a fixed answer length",
-            "with torch.no_grad():",
-            "    result = mdm_generate(model, prompts, gen_length=gen_length)",
+            "# An MDM fills a fixed canvas: 256 tokens, or what the model's max_length leaves.",
+            "prompt_length = len(pipe.encode([task])[0][0])",
+            "settings = {\"gen_length\": min(256, pipe.model.config.max_length - prompt_length)}",
+            "answer = pipe.generate([task], settings)[0]",
         ]
     else:
-        sampler = "flexmdm_generate"
-        call = [
-            "with torch.no_grad():",
-            "    result = flexmdm_generate(model, prompts)  # the model chooses the answer length",
-        ]
+        call = ["answer = pipe.generate([task])[0]  # the model chooses the answer length"]
     return [
         "## Usage",
         "",
@@ -643,29 +638,14 @@ def _usage_section(
         "```",
         "",
         "```python",
-        "import torch",
-        "from transformers import AutoTokenizer",
+        "from retrofit.pipeline import Pipeline, Task",
         "",
-        "from retrofit.adapter import FlexMDM",
-        "from retrofit.data import PromptLayout, encode_generation_inputs",
-        f"from retrofit.sampling import {sampler}",
-        "from retrofit.tokenization import cut_at_stop, stop_token_ids",
-        "",
-        'device = "cuda" if torch.cuda.is_available() else "cpu"',
-        "dtype = torch.bfloat16 if device == \"cuda\" else torch.float32",
-        '# revision="..." pins a branch, tag or commit',
-        f'model = FlexMDM.from_pretrained("{load_name}", dtype=dtype, device=device)',
-        f'tokenizer = AutoTokenizer.from_pretrained("{tokenizer_name}"'
-        + (f', revision="{tokenizer_revision}")' if tokenizer_revision else ")"),
-        "# Prompts are encoded as in training (the layout is recorded in retrofit_config.json).",
-        "prompts, _ = encode_generation_inputs(",
-        f'    tokenizer, [("{USAGE_PROMPT}", None, None)],',
-        "    objective=model.kind, layout=PromptLayout.from_dict(model.config.prompt_layout),",
-        "    eos_token_id=model.config.eos_token_id,",
-        ")",
+        "# Loads the tokenizer and the prompt layout the model was trained with; revision=... pins",
+        "# a branch, tag or commit.",
+        f'pipe = Pipeline.from_pretrained("{load_name}")',
+        f'task = Task(prompt="{USAGE_PROMPT}")',
         *call,
-        "answer = cut_at_stop(result.sequences[0], stop_token_ids(tokenizer, model.config.eos_token_id))",
-        "print(tokenizer.decode(answer, skip_special_tokens=True))",
+        "print(answer.text)",
         "```",
         "",
         "Sampling settings (steps, confidence rule, infilling with `--prefix`/`--suffix`): `retrofit generate --help`.",
@@ -718,10 +698,6 @@ def render_model_card(
     is_full = merged or bool(config.get("merged")) or config.get("weights") == "full"
     model_name = repo_id.split("/")[-1] if repo_id else checkpoint.name
     load_name = repo_id or str(checkpoint)
-    has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer_name = load_name if has_tokenizer or not base_is_hub else base_model
-    # The base model's tokenizer (the checkpoint has none) at the revision it was trained with.
-    tokenizer_revision = base_revision if tokenizer_name != load_name else None
 
     tags = ["flexmdm" if kind == "flexmdm" else "mdm-baseline", "retrofit", "masked-diffusion",
             "diffusion-language-model"]
@@ -782,7 +758,7 @@ def render_model_card(
         "## Evaluation",
         "",
         *_eval_section(eval_records),
-        *_usage_section(load_name, kind, tokenizer_name, tokenizer_revision),
+        *_usage_section(load_name, kind),
     ]
     card = ModelCard("---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(sections))
     return str(card)

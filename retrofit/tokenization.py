@@ -9,26 +9,32 @@ Two builders make `transformers` fast tokenizers entirely offline with the `toke
 Both set the mask, pad and EOS tokens (and optionally BOS / a chat template) and round-trip
 through `save_pretrained` / `AutoTokenizer.from_pretrained`.
 
-`resolve_special_ids` finds the mask / pad / EOS ids for a real backbone. LLaDA's tokenizer sets no
-mask token: its mask id (126336) lives in the model config as `mask_token_id`, and its pad id equals
-its EOS id (126081). The resolution order for the mask id is therefore explicit argument > model
-config > tokenizer.
+Special ids are resolved and recorded by :mod:`retrofit.special_ids` (re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from retrofit.special_ids import (
+    END_OF_TURN_TOKENS,
+    KNOWN_MASK_TOKENS,
+    SpecialIds,
+    cut_at_stop,
+    resolve_special_ids,
+    stop_token_ids,
+)
 
 __all__ = [
     "DEFAULT_EOS_TOKEN",
     "DEFAULT_MASK_TOKEN",
     "DEFAULT_PAD_TOKEN",
     "END_OF_TURN_TOKENS",
+    "KNOWN_MASK_TOKENS",
     "SIMPLE_CHAT_TEMPLATE",
     "SpecialIds",
     "add_special_tokens",
@@ -43,11 +49,6 @@ DEFAULT_MASK_TOKEN = "<|mdm_mask|>"
 DEFAULT_PAD_TOKEN = "<|pad|>"
 DEFAULT_EOS_TOKEN = "<|eos|>"
 
-# Mask-token strings that backbones keep in their vocabulary without declaring them as the
-# tokenizer's mask token (LLaDA: "<|mdm_mask|>" = 126336). Used as a last resort by
-# `resolve_special_ids`.
-KNOWN_MASK_TOKENS: tuple[str, ...] = ("<|mdm_mask|>", "<|mask|>")
-
 # A minimal chat template in the shape of LLaDA-8B-Instruct's (header / end-of-turn markers as
 # plain text so that any tokenizer can encode it). Test tokenizers use it to exercise the
 # chat-template path of the SFT pipelines.
@@ -59,20 +60,6 @@ SIMPLE_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """The special token ids a FlexMDM needs.
-
-    mask: id of the mask token the diffusion noises with.
-    pad: id used to right-pad batches (never used to infer lengths: it may equal `eos`).
-    eos: end-of-sequence id, or None when neither the tokenizer nor the model config has one.
-    """
-
-    mask: int
-    pad: int
-    eos: int | None
 
 
 def _special_token_list(
@@ -275,139 +262,3 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerFast, tokens: Sequence[str]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
     return [int(tokenizer.convert_tokens_to_ids(token)) for token in tokens]
-
-
-def _config_value(model_config: Any, name: str) -> Any:
-    """Read `name` from a PretrainedConfig-like object or a mapping; None when absent."""
-    if model_config is None:
-        return None
-    if isinstance(model_config, Mapping):
-        return model_config.get(name)
-    return getattr(model_config, name, None)
-
-
-def _as_id(value: Any, what: str) -> int | None:
-    """Normalise a special-token id (int, or a one-element list as some configs store EOS)."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return None
-        value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an integer token id, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{what} must be a non-negative token id, got {value}")
-    return int(value)
-
-
-def resolve_special_ids(
-    tokenizer: Any,
-    model_config: Any = None,
-    mask_token_id: int | None = None,
-) -> SpecialIds:
-    """Find the mask, pad and EOS ids for a tokenizer / model pair.
-
-    Resolution order:
-      mask: `mask_token_id` argument > `model_config.mask_token_id` > `tokenizer.mask_token_id` >
-            a known mask string in the tokenizer vocabulary ("<|mdm_mask|>", "<|mask|>").
-      eos:  `tokenizer.eos_token_id` > `model_config.eos_token_id`.
-      pad:  `tokenizer.pad_token_id` > `model_config.pad_token_id` > eos.
-    LLaDA's tokenizer has no mask token; its config has `mask_token_id=126336`, and its pad id
-    equals its EOS id (126081), which is allowed (lengths are always explicit).
-
-    Args:
-        tokenizer: a transformers tokenizer (may be None when `model_config` has every id).
-        model_config: a `PretrainedConfig` or a dict (e.g. loaded config.json), or None.
-        mask_token_id: explicit override for the mask id.
-
-    Raises:
-        ValueError: when no mask id or no pad id can be found, when the mask id equals the pad or
-            EOS id, or when an id falls outside the model's `vocab_size`.
-    """
-    mask = _as_id(mask_token_id, "mask_token_id")
-    if mask is None:
-        mask = _as_id(_config_value(model_config, "mask_token_id"), "model_config.mask_token_id")
-    if mask is None and tokenizer is not None:
-        mask = _as_id(getattr(tokenizer, "mask_token_id", None), "tokenizer.mask_token_id")
-    if mask is None and tokenizer is not None:
-        vocab = tokenizer.get_vocab()
-        for token in KNOWN_MASK_TOKENS:
-            if token in vocab:
-                mask = int(vocab[token])
-                break
-    if mask is None:
-        raise ValueError(
-            "no mask token id found: the tokenizer sets no mask token and the model config has no "
-            "`mask_token_id`. Pass it explicitly (resolve_special_ids(..., mask_token_id=ID), or "
-            "`mask_token_id` in the adapter spec / recipe; LLaDA-8B uses 126336)."
-        )
-
-    eos = None
-    if tokenizer is not None:
-        eos = _as_id(getattr(tokenizer, "eos_token_id", None), "tokenizer.eos_token_id")
-    if eos is None:
-        eos = _as_id(_config_value(model_config, "eos_token_id"), "model_config.eos_token_id")
-
-    pad = None
-    if tokenizer is not None:
-        pad = _as_id(getattr(tokenizer, "pad_token_id", None), "tokenizer.pad_token_id")
-    if pad is None:
-        pad = _as_id(_config_value(model_config, "pad_token_id"), "model_config.pad_token_id")
-    if pad is None:
-        pad = eos
-    if pad is None:
-        raise ValueError(
-            "no pad token id found: the tokenizer has neither a pad nor an EOS token and the model "
-            "config has no `pad_token_id`/`eos_token_id`; set `tokenizer.pad_token` first"
-        )
-
-    if mask == pad:
-        raise ValueError(
-            f"mask token id {mask} equals the pad token id: the mask must be a distinct token "
-            "(pass the right `mask_token_id`, e.g. 126336 for LLaDA-8B)"
-        )
-    if eos is not None and mask == eos:
-        raise ValueError(
-            f"mask token id {mask} equals the EOS token id: the mask must be a distinct token "
-            "(pass the right `mask_token_id`, e.g. 126336 for LLaDA-8B)"
-        )
-    vocab_size = _config_value(model_config, "vocab_size")
-    if isinstance(vocab_size, int):
-        for name, value in (("mask", mask), ("pad", pad), ("eos", eos)):
-            if value is not None and value >= vocab_size:
-                raise ValueError(
-                    f"{name} token id {value} is outside the model vocabulary (vocab_size="
-                    f"{vocab_size}); the tokenizer does not match the model"
-                )
-    return SpecialIds(mask=mask, pad=pad, eos=eos)
-
-
-# End-of-turn tokens of common chat formats: an answer ends at the first of these the vocabulary has.
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|endoftext|>", "<|im_end|>", "<|end|>")
-
-
-def stop_token_ids(tokenizer: Any, eos_token_id: int | None = None) -> set[int]:
-    """The ids at which a generated answer ends: ``eos_token_id`` (the model config's EOS, LLaDA's
-    126081), the tokenizer's EOS, and the end-of-turn tokens of :data:`END_OF_TURN_TOKENS` that the
-    tokenizer has as special tokens (LLaDA-8B-Instruct closes a turn with ``<|eot_id|>``)."""
-    stops = {int(eos_token_id)} if eos_token_id is not None else set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        stops.add(int(tokenizer.eos_token_id))
-    special = set(getattr(tokenizer, "all_special_tokens", ()) or ())
-    special |= {str(token) for token in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()}
-    for token in END_OF_TURN_TOKENS:
-        if token in special:
-            token_id = tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id >= 0:
-                stops.add(token_id)
-    return stops
-
-
-def cut_at_stop(ids: Sequence[int], stops: Iterable[int]) -> list[int]:
-    """``ids`` up to (not including) the first stop id; all of ``ids`` when none occurs."""
-    stops = set(stops)
-    for index, token in enumerate(ids):
-        if token in stops:
-            return list(ids[:index])
-    return list(ids)

@@ -211,7 +211,7 @@ def test_push_uploads_exactly_the_adapter_and_a_parsable_card(hub, run_dir, push
     assert "| gsm8k | strict_accuracy | 0.25 | [0.1, 0.45] | 20 |" in text
     assert "| humaneval-infill-single-line | pass@1 | 0.125 | [0.02, 0.47] | 8 |" in text
     assert "3.2109375" in text and "linear" in text and "r=8" in text
-    assert f'FlexMDM.from_pretrained("{repo_id}", dtype=dtype, device=device)' in text
+    assert f'Pipeline.from_pretrained("{repo_id}")' in text  # the usage snippet loads the repo
     assert f"retrofit generate --model {repo_id}" in text
 
 
@@ -430,7 +430,8 @@ def test_local_hub_hides_private_repos_and_reports_missing_files(local_hub, monk
 def test_card_usage_snippet_runs_against_the_pushed_flexmdm(hub, pushed, tmp_path, monkeypatch):
     repo_id, _, _ = pushed
     card = hub.state.files(repo_id)["README.md"].decode()
-    assert "encode_generation_inputs(" in card and "flexmdm_generate(model, prompts)" in card
+    # The snippet goes through the one inference pipeline (training layout, recorded ids, stops).
+    assert "Pipeline.from_pretrained(" in card and "pipe.generate([task])" in card
     assert 'tokenizer("' not in card  # prompts go through the training layout, not a raw tokenizer call
     fresh_cache(monkeypatch, tmp_path / "cache")  # everything the snippet loads comes from the Hub
     printed = run_card_snippet(card)
@@ -452,7 +453,7 @@ def test_card_usage_snippet_runs_for_an_mdm_checkpoint(hub, run_dir, tmp_path, m
     word_tokenizer(checkpoint)
     push_checkpoint(checkpoint, f"{USER}/tiny-mdm", verify=False)
     card = hub.state.files(f"{USER}/tiny-mdm")["README.md"].decode()
-    assert "mdm_generate(model, prompts, gen_length=" in card and "flexmdm_generate" not in card
+    assert "pipe.generate([task], settings)" in card and '"gen_length"' in card
     fresh_cache(monkeypatch, tmp_path / "cache")
     run_card_snippet(card)
     assert (tmp_path / "cache" / f"models--{USER}--tiny-mdm").is_dir()

@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 from retrofit import __version__ as RETROFIT_VERSION
 from retrofit.models import check_backbone_supported
 from retrofit.schedules import Schedule, get_schedule
+from retrofit.special_ids import SpecialIds, resolve_answer_ids, resolve_special_ids
 
 from .checkpoint import (
     atomic_directory,
@@ -114,77 +115,32 @@ def _module_exists(root: nn.Module, target: str) -> bool:
     return any(name == target or name.endswith("." + target) for name, _ in root.named_modules())
 
 
-def _resolve_special_ids(
-    spec: AdapterSpec, backbone: PreTrainedModel, tokenizer: Any
-) -> dict[str, int | None]:
-    """Special ids: the spec's value, else the backbone config's, else the tokenizer's; validated.
+def _resolve_special_ids(spec: AdapterSpec, backbone: PreTrainedModel, tokenizer: Any) -> SpecialIds:
+    """The checkpoint's special ids, resolved once here by :func:`resolve_special_ids` (the spec's
+    ``special_tokens`` > the backbone config > the tokenizer) and :func:`resolve_answer_ids` (bos,
+    end of turn); the slot id defaults to pad.
 
-    A tokenizer whose mask id disagrees with the resolved one is an error (pad/eos are not
-    compared: LLaDA-Instruct's tokenizer eos is <|eot_id|> while its config eos is 126081).
+    A tokenizer whose declared mask id disagrees with the resolved one is an error (pad/eos are
+    not compared: LLaDA-Instruct's tokenizer eos is <|eot_id|> while its config eos is 126081).
     """
-    config = backbone.config
-    resolved: dict[str, int | None] = {}
-    origins: dict[str, str] = {}
-    for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
-        value, origin = (
-            getattr(spec.special_tokens, name),
-            f"special_tokens.{name} in {spec.source}",
-        )
-        if value is None:
-            value, origin = getattr(config, name, None), f"the backbone config's {name}"
-        if value is None and tokenizer is not None:
-            value, origin = getattr(tokenizer, name, None), f"the tokenizer's {name}"
-        if isinstance(value, (list, tuple)):  # some configs list several eos ids
-            value = value[0] if value else None
-        resolved[name], origins[name] = value, origin
-    if resolved["mask_token_id"] is None:
-        raise ValueError(
-            "mask_token_id is not set in the adapter spec, the backbone config or the tokenizer; "
-            f"a masked diffusion backbone needs one (LLaDA: 126336). Set "
-            f"special_tokens.mask_token_id in {spec.source} or pass retrofit(mask_token_id=...)."
-        )
+    explicit = spec.special_tokens
+    try:
+        ids = resolve_special_ids(
+            tokenizer, backbone.config, explicit.mask_token_id,
+            pad_token_id=explicit.pad_token_id, eos_token_id=explicit.eos_token_id,
+            slot_token_id=explicit.slot_token_id,
+        )  # fmt: skip
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{error} (set special_tokens in {spec.source})") from None
     tokenizer_mask = getattr(tokenizer, "mask_token_id", None) if tokenizer is not None else None
-    if tokenizer_mask is not None and tokenizer_mask != resolved["mask_token_id"]:
+    if tokenizer_mask is not None and tokenizer_mask != ids.mask:
         raise ValueError(
-            f"the tokenizer's mask_token_id {tokenizer_mask} differs from "
-            f"{resolved['mask_token_id']} ({origins['mask_token_id']}); fix one of them"
+            f"the tokenizer's mask_token_id {tokenizer_mask} differs from {ids.mask}, the mask id "
+            f"of special_tokens in {spec.source} or the backbone config; fix one of them"
         )
-    if resolved["pad_token_id"] is None:
-        raise ValueError(
-            "pad_token_id is not set in the adapter spec, backbone config or tokenizer; set "
-            f"special_tokens.pad_token_id in {spec.source} (LLaDA: 126081, equal to eos)."
-        )
-    if resolved["mask_token_id"] == resolved["pad_token_id"]:
-        raise ValueError(
-            f"mask_token_id == pad_token_id == {resolved['mask_token_id']} (from "
-            f"{origins['mask_token_id']} and {origins['pad_token_id']}); the mask "
-            "token must be distinct from padding. Fix special_tokens in the adapter spec."
-        )
-    if resolved["mask_token_id"] == resolved["eos_token_id"]:
-        raise ValueError(
-            f"mask_token_id == eos_token_id == {resolved['mask_token_id']}; the mask token must be "
-            "distinct from EOS. Fix special_tokens in the adapter spec."
-        )
-    slot = spec.special_tokens.slot_token_id
-    resolved["slot_token_id"] = resolved["pad_token_id"] if slot is None else slot
-    if resolved["slot_token_id"] == resolved["mask_token_id"]:
-        raise ValueError(
-            "special_tokens.slot_token_id equals the mask id; the trailing slot token must not "
-            "look like a masked position (default: the pad id)."
-        )
-    vocab = getattr(config, "vocab_size", None)
-    for name in ("mask_token_id", "pad_token_id", "eos_token_id", "slot_token_id"):
-        value = resolved[name]
-        if value is None:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value < 0
-            or (vocab and value >= vocab)
-        ):
-            raise ValueError(f"{name} = {value!r} is not a token id in [0, vocab_size={vocab})")
-    return resolved
+    if tokenizer is not None:  # else the stop ids are left to the checkpoint's tokenizer
+        ids = resolve_answer_ids(ids, tokenizer, backbone.config)
+    return dataclasses.replace(ids, slot=ids.pad if ids.slot is None else ids.slot)
 
 
 def _shape_of(backbone: PreTrainedModel) -> tuple[int, int, int]:
@@ -291,6 +247,12 @@ class FlexMDM(nn.Module):
     def unmasking_schedule(self) -> Schedule:
         """beta(t), the unmasking schedule stored with the checkpoint."""
         return self._unmasking_schedule
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        """The special ids recorded at retrofit time (:meth:`SpecialIds.from_config`; raises for a
+        checkpoint that records no stop ids: use ``retrofit.pipeline.Pipeline``)."""
+        return SpecialIds.from_config(self.config)
 
     @property
     def mask_token_id(self) -> int:
@@ -644,10 +606,12 @@ class FlexMDM(nn.Module):
             d_model=d_model,
             n_layers=n_layers,
             vocab_size=vocab_size,
-            mask_token_id=special_ids["mask_token_id"],
-            pad_token_id=special_ids["pad_token_id"],
-            eos_token_id=special_ids["eos_token_id"],
-            slot_token_id=special_ids["slot_token_id"],
+            mask_token_id=special_ids.mask,
+            pad_token_id=special_ids.pad,
+            eos_token_id=special_ids.eos,
+            slot_token_id=special_ids.slot,
+            bos_token_id=special_ids.bos,
+            stop_token_ids=sorted(special_ids.stop_ids) if tokenizer is not None else None,
             insertion_schedule=get_schedule(spec.schedules.insertion).spec,
             unmasking_schedule=get_schedule(spec.schedules.unmasking).spec,
             head_scale=spec.head.scale,

@@ -29,7 +29,9 @@ KINDS = ("flexmdm", "mdm")
 # The norms the native backbones can modulate; the backbone applies one (scale, shift) to both.
 CONDITIONABLE_NORMS = ("attn_norm", "ff_norm")
 # Version of the on-disk layout of retrofit_config.json; bump on incompatible changes.
-CONFIG_FORMAT_VERSION = 1
+# 2: bos_token_id and stop_token_ids recorded (format 1 checkpoints load; their readers derive
+# those two from the checkpoint's tokenizer, see retrofit.special_ids.SpecialIds.from_legacy_config).
+CONFIG_FORMAT_VERSION = 2
 
 
 def adapters_dir() -> Path:
@@ -441,9 +443,12 @@ class RetrofitConfig:
     checkpoint directory itself holds complete backbone weights (full fine-tuning or a merged
     export, ``merged`` true for the latter). ``lora`` records the LoRA settings used in training.
     ``base_fingerprint`` identifies a local base directory (config + weight file sizes; None for
-    Hub bases, which ``base_revision`` pins). ``prompt_layout`` records how the training data laid out prompts and infilling tasks
-    (:class:`retrofit.data.PromptLayout`; written by ``retrofit.train``, None = the defaults), so
-    sampling and evaluation prompt the model exactly as it was trained.
+    Hub bases, which ``base_revision`` pins). ``prompt_layout`` records how the training data laid
+    out prompts and infilling tasks (:class:`retrofit.prompt_layout.PromptLayout`; written by
+    ``retrofit.train``, None = the defaults), so sampling and evaluation prompt the model exactly
+    as it was trained. The special ids (mask, pad, eos, slot, bos, and the stop ids at which an
+    answer ends) are resolved once at retrofit time (:mod:`retrofit.special_ids`); every reader
+    takes them from here.
     """
 
     kind: str
@@ -475,6 +480,8 @@ class RetrofitConfig:
     spec_name: str | None = None
     base_fingerprint: str | None = None
     prompt_layout: dict | None = None
+    bos_token_id: int | None = None
+    stop_token_ids: list[int] | None = None
     retrofit_version: str = RETROFIT_VERSION
     format_version: int = CONFIG_FORMAT_VERSION
 

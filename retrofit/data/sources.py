@@ -1,0 +1,154 @@
+"""Reading raw records with Hugging Face ``datasets`` (Hub ids or local files)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from retrofit.data.config import DEFAULT_HUB_DATASETS, DataConfig
+
+_EXTENSION_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+    ".csv": "csv",
+}
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+
+# --------------------------------------------------------------------------------------------
+# Loading records
+# --------------------------------------------------------------------------------------------
+
+
+def _local_builder(path: str) -> str | None:
+    """The `datasets` builder for a local file path/glob from its extension, or None."""
+    lowered = path.lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        lowered = lowered.removesuffix(suffix)
+    return _EXTENSION_BUILDERS.get(os.path.splitext(lowered)[1])
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """True for the errors `datasets`/`huggingface_hub` raise when the Hub cannot be reached."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        name = type(exc).__name__
+        if any(word in name for word in ("Connect", "Timeout", "Offline", "LocalEntryNotFound")):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def load_records(cfg: DataConfig) -> Any:
+    """Load the raw records (no shuffling, sharding or tokenisation).
+
+    Hub datasets: the config name is ``cfg.name``; when it is None and the dataset is the kind's
+    default Hub id (``path`` None or equal to it, e.g. ``openai/gsm8k``), the kind's default config
+    (``DEFAULT_HUB_DATASETS``, "main" for GSM8K) is used, since multi-config datasets cannot be
+    loaded without one. ``cfg.revision`` is passed to ``load_dataset(..., revision=...)``.
+
+    Returns:
+        A ``datasets.Dataset`` (or ``datasets.IterableDataset`` with ``cfg.streaming``), limited to
+        the first ``cfg.max_records`` records.
+
+    Raises:
+        FileNotFoundError: a local source whose file does not exist.
+        ValueError: ``cfg.revision`` with local files.
+        ConnectionError: the Hub cannot be reached (the message says how to use local files via
+            ``data.path``).
+    """
+    import datasets
+
+    default_path, default_name = DEFAULT_HUB_DATASETS[cfg.kind]
+    path = cfg.path if cfg.path is not None else default_path
+    name = cfg.name
+    assert path is not None  # DataConfig guarantees a path or a default
+
+    builder: str | None
+    if cfg.source == "hub":
+        builder = None
+    elif cfg.source != "auto":
+        builder = cfg.source
+    else:
+        looks_local = (
+            os.path.exists(path)
+            or path.startswith((".", "/", "~"))
+            or any(char in path for char in "*?[")
+            or _local_builder(path) is not None
+        )
+        if os.path.isdir(path):
+            builder = None  # a local dataset folder: let `datasets` infer its format
+        elif looks_local:
+            builder = _local_builder(path)
+            if builder is None:
+                raise ValueError(
+                    f"cannot infer the file format of data.path={path!r} from its extension; set "
+                    "data.source to one of json, parquet, text, csv"
+                )
+        else:
+            builder = None
+    is_local = builder is not None or os.path.isdir(os.path.expanduser(path))
+    if cfg.revision is not None and is_local:
+        raise ValueError(
+            f"data.revision={cfg.revision!r} applies to Hub datasets only, but data.path={path!r} "
+            "is local; remove data.revision"
+        )
+    if (
+        not is_local
+        and name is None
+        and default_path is not None
+        and path.lower() == default_path.lower()
+    ):
+        name = default_name  # e.g. openai/gsm8k has configs "main" and "socratic"
+
+    kwargs: dict[str, Any] = {"split": cfg.split, "streaming": cfg.streaming}
+    if cfg.cache_dir is not None:
+        kwargs["cache_dir"] = cfg.cache_dir
+    if builder is not None:
+        expanded = os.path.expanduser(path)
+        if not any(char in expanded for char in "*?[") and not os.path.exists(expanded):
+            raise FileNotFoundError(
+                f"data.path={path!r} does not exist (source {builder!r}); give an existing file "
+                "or a Hub dataset id"
+            )
+        if builder == "text":
+            kwargs["sample_by"] = cfg.text_sample_by
+        try:
+            records = datasets.load_dataset(builder, data_files={cfg.split: expanded}, **kwargs)
+        except Exception as exc:
+            if hasattr(exc, "add_note"):  # say which option pointed at the unreadable file
+                exc.add_note(f"while reading data.path={path!r} as {builder!r} files")
+            raise
+    else:
+        if name is not None:
+            kwargs["name"] = name
+        if cfg.revision is not None:
+            kwargs["revision"] = cfg.revision
+        try:
+            records = datasets.load_dataset(path, **kwargs)
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise ConnectionError(
+                    f"could not reach the Hugging Face Hub for dataset {path!r}"
+                    + (f" (config {name!r})" if name else "")
+                    + (f" (revision {cfg.revision!r})" if cfg.revision else "")
+                    + f": {exc}. Offline, point data.path at local files (json/jsonl/parquet/"
+                    "text), e.g. data.path=/data/gsm8k/train.jsonl, or pre-download the dataset "
+                    "into the datasets cache."
+                ) from exc
+            raise
+    if cfg.max_records is not None:
+        # The first N records of the whole dataset; `ExampleStream` splits them between ranks by
+        # example (a `take` inside `split_dataset_by_node` would take N / world_size per shard).
+        if cfg.streaming:
+            records = records.take(cfg.max_records)
+        else:
+            records = records.select(range(min(cfg.max_records, len(records))))
+    return records
+
+
