@@ -39,6 +39,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check retrofit tests benchmarks
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/training.py

@@ -671,7 +671,7 @@ class ArmSampler:
     only between ``BOS + prefix`` and the suffix, greedily. MDM baseline: LLaDA's sampler on a
     ``CANVAS_LENGTH`` canvas in blocks of ``MDM_BLOCK_LENGTH``; infilling fills a fixed canvas
     (:func:`mdm_infill`). Every sample draws from the random stream of its task id and sample
-    index (``retrofit.evaluate.sample_stream_id``), so batching never changes it. Texts drop EOS
+    index (``retrofit.evaluation.sample_stream_id``), so batching never changes it. Texts drop EOS
     / pad, as LLaDA decodes; lengths are in tokens (= characters).
     """
 
@@ -687,7 +687,7 @@ class ArmSampler:
         self.flex_forbidden = [model.mask_token_id, model.pad_token_id, self.bos[0]]
 
     def __call__(self, tasks: Sequence[Any]) -> list[Any]:
-        from retrofit.evaluate import Generation, sample_stream_id
+        from retrofit.evaluation import Generation, sample_stream_id
         from retrofit.sampling import flexmdm_generate, mdm_generate
 
         settings, model = self.settings, self.model
@@ -742,7 +742,7 @@ def evaluate_arm(
     import torch
 
     from retrofit.adapter import FlexMDM
-    from retrofit.evaluate import run_evaluation
+    from retrofit.evaluation import run_evaluation
 
     model = FlexMDM.from_pretrained(str(checkpoint), dtype=torch.float32)
     model.eval()
@@ -1016,7 +1016,7 @@ def write_report(paths: DemoPaths, settings: DemoSettings, state: Mapping[str, A
         (
             "Per-arm histograms: [eval/lengths_flexmdm.png](eval/lengths_flexmdm.png), "
             "[eval/lengths_mdm.png](eval/lengths_mdm.png). Both arms ran through the eval runner "
-            "(`retrofit.evaluate.run_evaluation`, `task: jsonl` specs scored by "
+            "(`retrofit.evaluation.run_evaluation`, `task: jsonl` specs scored by "
             "`retrofit.demo:check_brackets`): per-sample `samples.jsonl`, `summary.json` (metric, "
             "95% interval, length statistics) and `lengths.png` in `eval/<arm>/unconditional/` and "
             "`eval/<arm>/infill/`."

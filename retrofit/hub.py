@@ -1046,7 +1046,7 @@ def push_checkpoint(
 
 
 def push_model(model: Any, repo_id: str, **kwargs: Any) -> str:
-    """Save a live ``FlexMDM`` to a temporary directory and push it (``model.push_to_hub`` backend).
+    """Save a live ``FlexMDM`` to a temporary directory and push it to ``repo_id``.
 
     ``kwargs`` are those of :func:`push_checkpoint`. The model is saved into a private directory
     nested in a fresh temporary one, and the card reads records from that directory alone

@@ -15,15 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from retrofit.evaluate import (
-    EvalTask,
-    Generation,
-    cli_main,
-    compare_cli_main,
-    compare_results,
-    load_tasks,
-    run_evaluation,
-)
+from retrofit.evaluate import cli_main, compare_cli_main
+from retrofit.evaluation import EvalTask, Generation, compare_results, load_tasks, run_evaluation
 from retrofit.evaluation.lengths import length_report, plot_length_histograms, wasserstein_1
 from retrofit.evaluation.specs import builtin_spec_dir, load_spec
 from retrofit.evaluation.stats import bootstrap_interval, mcnemar_exact, wilson_interval
@@ -153,7 +146,7 @@ def test_resume_after_kill(tmp_path):
     """A run killed mid-way (even mid-line) resumes without redoing finished samples."""
     script = textwrap.dedent(f"""
         import time
-        from retrofit.evaluate import run_evaluation
+        from retrofit.evaluation import run_evaluation
         from retrofit.evaluation.gsm8k import format_gsm8k_target
 
         def slow(tasks):
@@ -275,7 +268,7 @@ def test_generate_fn_is_told_the_sample_index(tmp_path):
 
 
 def test_sample_stream_ids_are_stable_and_distinct():
-    from retrofit.evaluate import sample_stream_id
+    from retrofit.evaluation import sample_stream_id
 
     ids = {sample_stream_id(f"gsm8k/test/{task}", index) for task in range(50) for index in range(20)}
     assert len(ids) == 1000 and all(0 <= i < 2**62 for i in ids)
@@ -474,7 +467,7 @@ def test_tiny_model_run_resumes_after_kill(tiny_checkpoints, tmp_path):
 def test_samples_do_not_depend_on_batching(tiny_checkpoints, tmp_path, kind):
     """Each sample draws from the stream of its key: batch size and position change nothing, and
     the samples of a task (more than a batch holds) differ at temperature > 0."""
-    from retrofit.evaluate import ModelGenerator
+    from retrofit.evaluation import ModelGenerator
 
     overrides = ({"steps": 8, "max_length": 700, "temperature": 1.0} if kind == "flexmdm" else
                  {"steps": 2, "gen_length": 8, "block_length": 8, "temperature": 1.0})
@@ -498,7 +491,7 @@ def test_samples_do_not_depend_on_batching(tiny_checkpoints, tmp_path, kind):
 @pytest.mark.slow
 def test_sharded_ranks_share_the_run_identity(tiny_checkpoints, tmp_path, monkeypatch):
     """Ranks on different devices resume one run; a local checkpoint is recorded by absolute path."""
-    from retrofit.evaluate import ModelGenerator
+    from retrofit.evaluation import ModelGenerator
 
     checkpoint = Path(tiny_checkpoints["mdm"]).resolve()
     monkeypatch.chdir(checkpoint.parent)

@@ -273,7 +273,7 @@ def test_training_checkpoint_to_branch_and_cli_push(hub, run_dir, capsys):
 def test_push_model_saves_a_live_model_and_pushes_it(hub, run_dir):
     model = FlexMDM.from_pretrained(run_dir / "checkpoint-20")
     push_model(model, f"{USER}/from-live-model", verify=False)
-    model.push_to_hub(f"{USER}/from-push-to-hub", verify=False)
+    push_model(model, f"{USER}/from-push-to-hub", verify=False)
     via_method = hub.state.files(f"{USER}/from-push-to-hub")
     via_function = hub.state.files(f"{USER}/from-live-model")
     assert set(via_method) == set(via_function)
@@ -477,7 +477,7 @@ def test_push_model_card_ignores_records_around_the_temporary_directory(hub, run
         assert stray not in card, stray
     assert "No training record" in card and "No evaluation results" in card
     # Explicitly given evals still make it into the card.
-    model.push_to_hub(f"{USER}/live-with-evals", verify=False, eval_paths=[run_dir / "eval" / "lengths"])
+    push_model(model, f"{USER}/live-with-evals", verify=False, eval_paths=[run_dir / "eval" / "lengths"])
     card = hub.state.files(f"{USER}/live-with-evals")["README.md"].decode()
     assert "| lengths | wasserstein_1 | 3.5 |" in card and "stray-benchmark" not in card
 

@@ -794,17 +794,6 @@ class FlexMDM(nn.Module):
             dataclasses.replace(self.config, weights="full", merged=True).save(staging)
         return target
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Save this model and push it to the Hugging Face Hub as ``repo_id``; returns the commit URL.
-
-        ``kwargs`` are those of :func:`retrofit.hub.push_checkpoint` (``private``, ``revision``,
-        ``merged``, ``token``, ``commit_message``). To include the training record and eval
-        results in the model card, push the run's checkpoint directory with ``retrofit push``.
-        """
-        from retrofit.hub import push_model  # entry-point layer: imported only when used
-
-        return push_model(self, repo_id, **kwargs)
-
     @classmethod
     def from_pretrained(
         cls,

@@ -1,0 +1,86 @@
+"""``generate_fn`` for a checkpoint: the inference pipeline with a benchmark spec's sampler settings."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from retrofit.evaluation.benchmarks import EvalTask, Generation
+from retrofit.evaluation.results import sample_stream_id
+from retrofit.evaluation.specs import EvalSpec
+
+__all__ = ["ModelGenerator"]
+
+
+class ModelGenerator:
+    """`generate_fn` for a checkpoint: its :class:`retrofit.pipeline.Pipeline` with a spec's sampler
+    settings for the checkpoint's kind (FlexMDM insert + unmask, or the MDM baseline).
+
+    Prompts are encoded exactly as in training (the checkpoint's recorded prompt layout; a spec's
+    explicit ``prompt.chat_template`` / ``prompt.infill_markers`` override it). Each sample draws
+    from the stream of its (task id, sample index). Lengths are answer tokens.
+    """
+
+    def __init__(self, model: str, spec: EvalSpec, *, revision: str | None = None,
+                 tokenizer: str | None = None, device: str | None = None, dtype: str = "auto",
+                 overrides: dict[str, Any] | None = None, seed: int = 0) -> None:
+        from retrofit.pipeline import Pipeline, default_device_and_dtype
+
+        self.model_id, self.revision = model, revision
+        self.device, self.dtype = default_device_and_dtype(device, dtype)
+        self.pipeline = Pipeline.from_pretrained(
+            model, revision=revision, tokenizer=tokenizer, device=self.device, dtype=self.dtype,
+            layout_overrides={"chat_template": spec.prompt.get("chat_template"),
+                              "infill_markers": spec.prompt.get("infill_markers")},
+        )  # fmt: skip
+        self.model, self.kind = self.pipeline.model, self.pipeline.kind
+        self.spec = spec
+        self.settings = spec.generation_settings(self.kind)
+        self.settings.update(overrides or {})
+        self.seed = seed
+
+    def identity(self) -> dict[str, Any]:
+        """What was evaluated: checkpoint id or absolute local path, revision, kind, base model,
+        config digest, dtype.
+
+        The same on every rank of a sharded run (it is compared with the run.json rank 0 wrote), so
+        per-process fields such as the device are not part of it: see :meth:`runtime`.
+        """
+        from retrofit.checkpoint_io import is_hub_id
+
+        directory = self.pipeline.checkpoint_dir(self.model_id, self.revision)
+        config_file = directory / "retrofit_config.json"
+        digest = hashlib.sha256(config_file.read_bytes()).hexdigest() if config_file.is_file() else None
+        # A local checkpoint is recorded by absolute path, so that results read later from another
+        # working directory (e.g. a Hub model card) still name the right checkpoint.
+        model = str(self.model_id) if is_hub_id(self.model_id) else str(directory.resolve())
+        return {"model": model, "revision": self.revision, "kind": self.kind,
+                "base_model": getattr(self.model.config, "base_model", None),
+                "base_revision": getattr(self.model.config, "base_revision", None),
+                "retrofit_config_sha256": digest, "dtype": self.dtype}
+
+    def runtime(self) -> dict[str, Any]:
+        """Per-process facts (the device of this rank): reported in summary.json, never compared."""
+        return {"device": str(self.device)}
+
+    def count_tokens(self, text: str) -> int:
+        """Length of `text` in this checkpoint's tokens (no special tokens added)."""
+        return self.pipeline.count_tokens(text)
+
+    def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
+        """One answer per task; each sample draws from the stream of its (task_id, sample_index)."""
+        from retrofit.pipeline import Task
+
+        requests = [
+            Task(prompt=task.prompt, prefix=task.prefix if task.kind == "infill" else None,
+                 suffix=task.suffix, stream_id=sample_stream_id(task.task_id, task.sample_index))
+            for task in tasks
+        ]  # fmt: skip
+        answers = self.pipeline.generate(requests, self.settings, seed=self.seed)
+        outputs = []
+        for answer in answers:
+            extra = {} if self.kind == "mdm" else {"steps": answer.forward_passes,
+                                                   "truncated": answer.truncated}
+            outputs.append(Generation(answer.text, num_tokens=answer.num_tokens, extra=extra))
+        return outputs
+
