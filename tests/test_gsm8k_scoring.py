@@ -220,6 +220,8 @@ ANSWER_IS_ARITHMETIC = [  # "the answer is" + arithmetic: the result after the l
     ("The answer is: 48 / 2 = 24 clips.", F(24), "answer_is", F(24)),
     ("The answer is 1 000 + 250 = 1 250 dollars.", F(1250), "answer_is", F(1250)),
     ("The answer is 2 x 3 = 6 and 6 + 6 = 12 eggs.", F(6), "answer_is", F(6)),  # first chain only
+    ("So the answer is 3*(16.50+22.50+42)=243.", F(243), "answer_is", F(243)),  # test row 26
+    ("The answer is (100/120)*48 = 40 pages.", F(40), "answer_is", F(40)),  # test row 958
     ("#### 5 + 7 = 12", F(12), "hashes", F(12)),
 ]
 NEGATED_CANDIDATE = [  # a number right after "not", "n't", "rather than", "instead of" is no answer

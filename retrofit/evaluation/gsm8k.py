@@ -22,10 +22,11 @@ Which number of a span:
 2. *last*: the last non-negated number.
 3. *result*: after skipping a leading label (up to three words and ": ", so "\\text{Week 2: } 18"
    is 18), the first *chain* not introduced by a negation. A chain is a number followed by numbers
-   joined only by ``+ - * / x \u00d7 \u00b7 \u00f7 = \\times \\cdot \\div``; its value is its
-   last "="-separated segment that is a single number ("5 + 7 = 12" and "12 = 5 + 7" are 12), else
-   its first number ("5 + 7" is 5). Text after the chain does not count: "\\boxed{18 \\text{ (2
-   more than 16)}}" is 18, "the answer is 12 since x = 20 - 8" is 12.
+   joined only by parentheses and ``+ - * / x \u00d7 \u00b7 \u00f7 = \\times \\cdot \\div``; its
+   value is its last "="-separated segment that is a single number ("5 + 7 = 12", "3*(4+2)=18" and
+   "12 = 5 + 7" are 12, 18, 12), else its first number ("5 + 7" is 5). Text after the chain does
+   not count: "\\boxed{18 \\text{ (2 more than 16)}}" is 18, "the answer is 12 since x = 20 - 8"
+   is 12.
 
 Number grammar (after normalising ``$``, ``\\$``, ``\\,``, ``{,}``, ``%``, unicode minus, trailing
 period), tried in this order at each position:
@@ -91,8 +92,9 @@ _NUMBER = re.compile(
     r")"
 )
 _NEGATION = re.compile(r"(?:\bnot|n['\u2019]t|\brather\s+than|\binstead\s+of)\s*$", re.IGNORECASE)
-# What may join two numbers of one chain of arithmetic ("5 + 7 = 12", "3 \times 4", "20 -8").
-_JOIN = re.compile(r"\s*(?:[-+*/=x\u00d7\u00b7\u00f7]|\\times|\\cdot|\\div)?\s*")
+# What may join two numbers of one chain of arithmetic ("5 + 7 = 12", "3 \times 4", "20 -8",
+# "3*(16.50+22.50)=117").
+_JOIN = re.compile(r"[\s()]*(?:[-+*/=x\u00d7\u00b7\u00f7]|\\times|\\cdot|\\div)?[\s()]*")
 # A span's leading label of at most three words: "Total: 18", "Week 2: 18", "Total cost: 18".
 _LABEL = re.compile(r"\s*[A-Za-z]+(?:[ \t]+\w+){0,2}[ \t]*:\s")
 
