@@ -2,25 +2,49 @@
 
 The prompt templates are re-exported from ``retrofit.prompts`` (shared with the training data).
 
-Scoring reads only the *generated* text (the prompt itself contains ``\\boxed{}``). Candidate rules,
-first that yields a number wins:
+Scoring reads only the *generated* text (the prompt itself contains ``\\boxed{}``). Candidate rules
+in order of precedence; the first that yields a number wins:
 
-=========  ===============================================  ===========================
-rule       what it matches                                  which number in the span
-=========  ===============================================  ===========================
-boxed      last balanced ``\\boxed{...}`` holding a number  last
-answer_tag last ``<answer>...</answer>``                    last
-hashes     last ``#### X``                                  first
-answer_is  last "the (final) answer is X"                   first
-last_number  (flexible mode only) the whole text           last
-=========  ===============================================  ===========================
+===========  ==============================================  ========================
+rule         what it matches                                 which number in the span
+===========  ==============================================  ========================
+boxed        every balanced ``\\boxed{...}``, the last first  result
+answer_tag   the last ``<answer>...</answer>``               last
+hashes       the last ``#### X`` (to the end of the line)     result
+answer_is    the last "the (final) answer is / isn't X"      result (to the end of the line)
+last_number  (flexible mode only) the whole text             last
+===========  ==============================================  ========================
 
-Numbers are normalised (``$``, ``\\$``, ``\\,``, ``{,}``, ``%``, unicode minus, thousands commas only
-between 3-digit groups, trailing period, ``\\frac{a}{b}``/``\\dfrac``/``\\tfrac``, ``a/b``) and
-compared exactly as `fractions.Fraction`. An exponent on a unit (``18\\text{ km}^2``, ``5 m^{3}``) is
-not a number of the answer; an en or em dash is a minus sign only directly before the digits
-("-5", not the punctuation in "the answer is \u2013 5"). A ``\\boxed{}`` without a number (an empty box
-after the real one) is skipped for an earlier box.
+Which number of a span:
+
+1. A *negated* number, right after the word "not", "n't", "rather than" or "instead of", is never
+   a candidate ("the answer is not 12, it is 14" is 14; "14 apples, not 12" is 14).
+2. *last*: the last non-negated number.
+3. *result*: after skipping a leading label (up to three words and ": ", so "\\text{Week 2: } 18"
+   is 18), the first *chain* not introduced by a negation. A chain is a number followed by numbers
+   joined only by parentheses and ``+ - * / x \u00d7 \u00b7 \u00f7 = \\times \\cdot \\div``; its
+   value is its last "="-separated segment that is a single number ("5 + 7 = 12", "3*(4+2)=18" and
+   "12 = 5 + 7" are 12, 18, 12), else its first number ("5 + 7" is 5). Text after the chain does
+   not count: "\\boxed{18 \\text{ (2 more than 16)}}" is 18, "the answer is 12 since x = 20 - 8"
+   is 12.
+
+Number grammar (after normalising ``$``, ``\\$``, ``\\,``, ``{,}``, ``%``, unicode minus, trailing
+period), tried in this order at each position:
+
+1. mixed number: a whole number, one space, a proper fraction ("2 1/2" is 5/2; "3 5/4" is two
+   numbers). In LaTeX a whole number directly before ``\\frac`` / ``\\dfrac`` / ``\\tfrac`` is a
+   mixed number too ("2\\frac{1}{2}", "2 \\frac{1}{2}", "-1\\frac12" is -3/2).
+2. thousands separated by commas: groups of exactly three digits after a first group of 1-3 digits.
+3. thousands separated by one space, thin space (U+2009), narrow no-break space (U+202F) or no-break
+   space (U+00A0), the same one throughout: groups of exactly three digits after a first group of
+   1-3 digits ("12 345 678"; "3 4-hour shifts" is 3 and 4; a newline never separates thousands).
+   "3 400-page books" therefore reads as 3400: the price of reading "1 000" right.
+4. a plain integer, decimal or ``a/b`` fraction (``\\frac{a}{b}`` becomes ``a/b``).
+
+Values compare exactly as `fractions.Fraction`. An exponent on a unit (``18\\text{ km}^2``,
+``5 m^{3}``) is not a number of the answer; an en or em dash is a minus sign only directly before
+the digits ("-5", not the punctuation in "the answer is \u2013 5"). A ``\\boxed{}`` without a number
+(an empty box after the real one) is skipped for an earlier box.
 """
 
 from __future__ import annotations
@@ -56,13 +80,23 @@ _TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox)\s*\{([^{}]*)\}")
 _UNIT_EXPONENT = re.compile(
     r"(\\(?:text|mathrm|textbf|mathbf|mbox)\s*\{[^{}]*\}|[A-Za-z])\s*\^\s*(?:\{[^{}]*\}|\d+(?:\.\d+)?)"
 )
+# One space, no-break, thin or narrow no-break space (never a newline): a thousands separator.
+_SPACE = "[ \u00a0\u2009\u202f]"
 _NUMBER = re.compile(
     r"(?<![\w.])-?(?:"
-    r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]*\d)"  # 1,234,567(.89): commas only between 3-digit groups
+    rf"(?P<whole>\d+){_SPACE}(?P<numerator>[1-9]\d*)/(?P<denominator>\d+)(?!\.?\d|/)"  # 2 1/2
+    r"|\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]*\d)"  # 1,234,567(.89): commas between 3-digit groups
+    rf"|\d{{1,3}}(?P<space>{_SPACE})\d{{3}}(?:(?P=space)\d{{3}})*(?:\.\d+)?(?!\d)"  # 12 345 678
     r"|\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?"  # 1234, 3.5, 3/4
     r"|\.\d+"  # .5
     r")"
 )
+_NEGATION = re.compile(r"(?:\bnot|n['\u2019]t|\brather\s+than|\binstead\s+of)\s*$", re.IGNORECASE)
+# What may join two numbers of one chain of arithmetic ("5 + 7 = 12", "3 \times 4", "20 -8",
+# "3*(16.50+22.50)=117").
+_JOIN = re.compile(r"[\s()]*(?:[-+*/=x\u00d7\u00b7\u00f7]|\\times|\\cdot|\\div)?[\s()]*")
+# A span's leading label of at most three words: "Total: 18", "Week 2: 18", "Total cost: 18".
+_LABEL = re.compile(r"\s*[A-Za-z]+(?:[ \t]+\w+){0,2}[ \t]*:\s")
 
 
 def _clean(text: str) -> str:
@@ -74,6 +108,7 @@ def _clean(text: str) -> str:
     text = text.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     text = text.replace("\\left", "").replace("\\right", "")
     text = _TEXT.sub(r" \1 ", text)
+    text = re.sub(r"(\d)\s*(?=\\[dt]?frac)", r"\1 ", text)  # mixed number: 2\frac{1}{2} -> 2 1/2
     text = re.sub(r"\\[dt]?frac\s*(\d)\s*(\d)", r"(\1)/(\2)", text)  # \frac12
     text = _FRAC.sub(r"(\1)/(\2)", text)
     text = re.sub(r"\((-?[\d.]+)\)/\((-?[\d.]+)\)", r"\1/\2", text)
@@ -86,7 +121,13 @@ def _clean(text: str) -> str:
 
 
 def _to_fraction(token: str) -> Fraction | None:
-    token = token.replace(",", "")
+    """Value of one `_NUMBER` token ("1,234", "12 345", "2 1/2", "3/4"); None for a zero divisor."""
+    mixed = re.fullmatch(rf"(-?)(\d+){_SPACE}(\d+)/(\d+)", token)
+    if mixed:
+        sign, whole, numerator, denominator = mixed.groups()
+        value = int(whole) + Fraction(int(numerator), int(denominator))
+        return -value if sign else value
+    token = re.sub(rf",|{_SPACE}", "", token)
     try:
         if "/" in token:
             numerator, denominator = token.split("/", 1)
@@ -98,18 +139,81 @@ def _to_fraction(token: str) -> Fraction | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Number:
+    """One number of a cleaned span: its value, where it is, and whether a negation precedes it."""
+
+    value: Fraction
+    start: int
+    end: int
+    negated: bool
+
+
+def _numbers(text: str) -> list[_Number]:
+    """Every number of an already cleaned text, in order (an improper "3 5/4" is two numbers)."""
+    spans = []
+    for match in _NUMBER.finditer(text):
+        denominator = match.group("denominator")
+        if denominator and int(match.group("numerator")) >= int(denominator):
+            spans += [(match.start(), match.end("whole")), (match.start("numerator"), match.end())]
+        else:
+            spans.append(match.span())
+    numbers = []
+    for start, end in spans:
+        value = _to_fraction(text[start:end])
+        if value is not None:
+            negated = _NEGATION.search(text, max(0, start - 24), start) is not None
+            numbers.append(_Number(value, start, end, negated))
+    return numbers
+
+
+def _chain(text: str, numbers: list[_Number], index: int) -> list[list[_Number]]:
+    """The chain of arithmetic that starts at ``numbers[index]``, split into its "=" segments."""
+    segments = [[numbers[index]]]
+    for previous, following in zip(numbers[index:], numbers[index + 1:]):
+        gap = text[previous.end:following.start]
+        if not _JOIN.fullmatch(gap) or (not gap.strip() and text[following.start] != "-"):
+            break  # "3 4-hour": a bare space joins only a signed number ("20 -8")
+        if "=" in gap:
+            segments.append([])
+        segments[-1].append(following)
+    return segments
+
+
+def _first_result(text: str, numbers: list[_Number]) -> Fraction | None:
+    """Value of the first chain not introduced by a negation: its last single-number "=" segment."""
+    index = 0
+    while index < len(numbers):
+        segments = _chain(text, numbers, index)
+        if not numbers[index].negated:
+            singles = [segment[0].value for segment in segments if len(segment) == 1]
+            return singles[-1] if singles else numbers[index].value
+        index += sum(len(segment) for segment in segments)  # skip the negated chain as a whole
+    return None
+
+
 def parse_number(text: str, *, which: str = "last") -> Fraction | None:
-    """Parse one number out of an answer span ("first" or "last" number in it); None if none.
+    """Parse one number out of an answer span; None if none (rules: module docstring).
+
+    which: "first" or "last" non-negated number, or "result" (the first chain's result, after a
+    leading "Label:").
 
     >>> parse_number("\\\\$1,234.50.")
     Fraction(2469, 2)
+    >>> parse_number("5 + 7 = 12 apples, not 13", which="result")
+    Fraction(12, 1)
     """
-    if which not in ("first", "last"):
-        raise ValueError(f"which must be 'first' or 'last', got {which!r}")
-    numbers = [match.group(0) for match in _NUMBER.finditer(_clean(text))]
-    if not numbers:
+    if which not in ("first", "last", "result"):
+        raise ValueError(f"which must be 'first', 'last' or 'result', got {which!r}")
+    text = _clean(text)
+    if which == "result":
+        label = _LABEL.match(text)
+        text = text[label.end():] if label else text
+        return _first_result(text, _numbers(text))
+    values = [number.value for number in _numbers(text) if not number.negated]
+    if not values:
         return None
-    return _to_fraction(numbers[0] if which == "first" else numbers[-1])
+    return values[0] if which == "first" else values[-1]
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -137,22 +241,26 @@ def last_boxed(text: str) -> str | None:
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _HASHES = re.compile(r"####\s*([^\n]*)")
-_ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:=]?\s*([^\n]*)", re.IGNORECASE)
+# "is" then "n't" stays in the span, so "the answer isn't 12, it's 14" reads 14.
+_ANSWER_IS = re.compile(
+    r"(?:the\s+)?(?:final\s+)?answer\s+is(?=n['\u2019]t|[^A-Za-z]|$)\s*[:=]?\s*([^\n]*)",
+    re.IGNORECASE,
+)
 
 
 def _candidates(text: str, flexible: bool) -> list[tuple[str, str, str]]:
     """(rule, span, which) in priority order (every box, last first: the last with a number wins)."""
-    found: list[tuple[str, str, str]] = [("boxed", boxed, "last")
+    found: list[tuple[str, str, str]] = [("boxed", boxed, "result")
                                          for boxed in reversed(_boxed_contents(text))]
     tags = _ANSWER_TAG.findall(text)
     if tags:
         found.append(("answer_tag", tags[-1], "last"))
     hashes = _HASHES.findall(text)
     if hashes:
-        found.append(("hashes", hashes[-1], "first"))
+        found.append(("hashes", hashes[-1], "result"))
     answer_is = _ANSWER_IS.findall(text)
     if answer_is:
-        found.append(("answer_is", answer_is[-1], "first"))
+        found.append(("answer_is", answer_is[-1], "result"))
     if flexible:
         found.append(("last_number", text, "last"))
     return found
