@@ -358,13 +358,10 @@ def build_infill_example(
         example["middle_end"] = len(prompt_ids) + len(middle_ids)
         return example
     start_marker, end_marker = markers
-    # No instruction (e.g. HumanEval infilling): no chat turn around nothing, but the row still
-    # starts with BOS (when the tokenizer has one), as every training row and the PSM prompt do.
-    if instruction:
-        prompt_ids = encode_prompt(tokenizer, instruction, chat_template=chat_template)
-    else:
-        bos = getattr(tokenizer, "bos_token_id", None)
-        prompt_ids = [bos] if bos is not None else []
+    # The same wrapper with or without an instruction (an empty user turn when there is none,
+    # e.g. HumanEval infilling), as for the MDM's PSM prompt: training rows whose instruction was
+    # dropped (data.empty_instruction_rate) teach exactly the layout such an evaluation uses.
+    prompt_ids = encode_prompt(tokenizer, instruction, chat_template=chat_template)
     left = (
         prompt_ids
         + encode_text(tokenizer, prefix)

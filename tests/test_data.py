@@ -415,9 +415,15 @@ def test_sampler_inputs_reproduce_the_training_layout(tokenizer, infill_file, ov
 
 
 def test_no_instruction_infill_prompt_starts_with_bos(tokenizer):
+    # Issue 12: without an instruction the row keeps the training wrapper around an empty user
+    # turn (it was BOS alone, a layout no training row had).
     left, right = encode_infill_prompt(tokenizer, "", "def f():\n", "    return 1\n")
     assert left[0] == tokenizer.bos_token_id
-    assert decode(tokenizer, left[1:]) == "def f():\n<|fim_middle_start|>"
+    assert left[: len(encode_prompt(tokenizer, ""))] == encode_prompt(tokenizer, "")
+    assert decode(tokenizer, left[1:]) == (
+        "<|start_header_id|>user<|end_header_id|>\n\n<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\ndef f():\n<|fim_middle_start|>"
+    )
     assert decode(tokenizer, right) == "<|fim_middle_end|>    return 1\n"
 
 

@@ -119,6 +119,10 @@ class DataConfig:
             "chars".
         infill_markers: (start, end) boundary marker strings around the middle (flexmdm).
         add_marker_tokens: add missing markers to the tokenizer as special tokens (in place).
+        empty_instruction_rate: share of infill records trained with an empty instruction (the
+            same wrapper around an empty user turn), chosen per record from its content hash. An
+            evaluation without instruction (HumanEval infilling) prompts with exactly that layout,
+            so it must be part of training: 0 leaves it out of distribution.
         psm_template: MDM baseline prompt; must contain {instruction}, {prefix} and {suffix}.
     """
 
@@ -149,6 +153,7 @@ class DataConfig:
     infill_span: str = "lines"
     infill_markers: tuple[str, str] = DEFAULT_INFILL_MARKERS
     add_marker_tokens: bool = False
+    empty_instruction_rate: float = 0.0
     psm_template: str = DEFAULT_PSM_TEMPLATE
 
     def __post_init__(self) -> None:
@@ -177,6 +182,10 @@ class DataConfig:
         if self.append_eos is not None:
             _check_bool("append_eos", self.append_eos)
         _check_int("max_length", self.max_length, 1)
+        rate = self.empty_instruction_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"data.empty_instruction_rate must be a number in [0, 1], got {rate!r}")
+        self.empty_instruction_rate = float(rate)
         _check_int("seed", self.seed, 0)
         _check_int("shuffle_buffer", self.shuffle_buffer, 1)
         _check_int("min_chunk_length", self.min_chunk_length, 1)

@@ -132,6 +132,24 @@ def _gsm8k_templates() -> tuple[Callable[[str], str], Callable[[str], str]]:
     return format_gsm8k_prompt, format_gsm8k_target
 
 
+def split_infill_record(
+    cfg: DataConfig, instruction: str, output: str, epoch: int
+) -> tuple[str, str, str, str]:
+    """``(instruction, prefix, middle, suffix)`` of one infill record in one epoch.
+
+    The middle span is chosen from a per-record seed (content + ``cfg.seed`` + epoch: independent
+    of order, rank and resume); the instruction is dropped (``""``) for a share
+    ``cfg.empty_instruction_rate`` of records, decided from other bytes of the same digest, so the
+    span choice does not depend on the rate.
+    """
+    digest = hashlib.sha256(f"{cfg.seed}\x00{epoch}\x00{instruction}\x00{output}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "little"))
+    start, end = choose_infill_span(output, rng, mode=cfg.infill_span)
+    if int.from_bytes(digest[8:16], "little") / 2**64 < cfg.empty_instruction_rate:
+        instruction = ""
+    return instruction, output[:start], output[start:end], output[end:]
+
+
 class _RecordProcessor:
     """Turns one raw record into zero or more examples, applying the bad-record policy."""
 
@@ -291,13 +309,7 @@ class _RecordProcessor:
         cfg = self.cfg
         instruction = self._text(record, "instruction")
         output = self._text(record, "output")
-        # Per-record seed from content + seed + epoch: independent of order, rank and resume.
-        digest = hashlib.sha256(
-            f"{cfg.seed}\x00{epoch}\x00{instruction}\x00{output}".encode()
-        ).digest()
-        rng = random.Random(int.from_bytes(digest[:8], "little"))
-        start, end = choose_infill_span(output, rng, mode=cfg.infill_span)
-        prefix, middle, suffix = output[:start], output[start:end], output[end:]
+        instruction, prefix, middle, suffix = split_infill_record(cfg, instruction, output, epoch)
 
         def layout(suffix_text: str) -> dict[str, Any]:
             return build_infill_example(

@@ -9,7 +9,16 @@ from retrofit.evaluation.benchmarks import EvalTask, Generation
 from retrofit.evaluation.results import sample_stream_id
 from retrofit.evaluation.specs import EvalSpec
 
-__all__ = ["ModelGenerator"]
+__all__ = ["ModelGenerator", "request_for"]
+
+
+def request_for(task: EvalTask) -> Any:
+    """The inference request (:class:`retrofit.pipeline.Task`) of a benchmark task: its prompt (the
+    instruction when infilling), prefix and suffix, and the random stream of its sample."""
+    from retrofit.pipeline import Task
+
+    return Task(prompt=task.prompt, prefix=task.prefix if task.kind == "infill" else None,
+                suffix=task.suffix, stream_id=sample_stream_id(task.task_id, task.sample_index))
 
 
 class ModelGenerator:
@@ -69,14 +78,8 @@ class ModelGenerator:
 
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
         """One answer per task; each sample draws from the stream of its (task_id, sample_index)."""
-        from retrofit.pipeline import Task
-
-        requests = [
-            Task(prompt=task.prompt, prefix=task.prefix if task.kind == "infill" else None,
-                 suffix=task.suffix, stream_id=sample_stream_id(task.task_id, task.sample_index))
-            for task in tasks
-        ]  # fmt: skip
-        answers = self.pipeline.generate(requests, self.settings, seed=self.seed)
+        answers = self.pipeline.generate([request_for(task) for task in tasks], self.settings,
+                                         seed=self.seed)
         outputs = []
         for answer in answers:
             extra = {} if self.kind == "mdm" else {"steps": answer.forward_passes,
