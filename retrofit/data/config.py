@@ -41,6 +41,8 @@ _ALLOWED_ROLES: dict[str, tuple[str, ...]] = {
 
 _SOURCES = ("auto", "hub", "json", "parquet", "text", "csv")
 _POLICIES = ("skip", "truncate", "error")
+# The keys of one source of ``DataConfig.mixture``.
+MIXTURE_KEYS = ("path", "name", "revision", "split", "source", "fields", "text_sample_by", "weight")
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,6 +94,16 @@ class DataConfig:
         cache_dir: datasets cache directory (None: the datasets default).
         streaming: read as an ``IterableDataset`` (large corpora; no full download).
         max_records: use only the first N records (before shuffling/sharding); None: all.
+        mixture: several sources read as one stream instead of ``path``: a list of mappings with
+            ``path`` and ``weight`` (and optionally ``name``, ``revision``, ``split``,
+            ``source``, ``fields``, ``text_sample_by``), interleaved record by record with
+            ``datasets.interleave_datasets`` (seeded with ``seed``; every source is read to its
+            end, the others cycle: "all_exhausted"). Resumable like one source.
+        mixture_unit: what the weights are shares of: "tokens" (default: the chance of drawing a
+            record of source i is weight_i / mean tokens per record of source i, measured once on
+            its first ``mixture_probe`` records, so long arXiv papers are not over-represented) or
+            "records".
+        mixture_probe: records per source used to measure mean record lengths.
     Order:
         shuffle: reshuffle each epoch with ``seed + epoch``.
         seed: shuffle seed; also seeds infill span choice.
@@ -136,6 +148,9 @@ class DataConfig:
     text_sample_by: str = "line"
     cache_dir: str | None = None
     streaming: bool = False
+    mixture: list[dict[str, Any]] | None = None
+    mixture_unit: str = "tokens"
+    mixture_probe: int = 256
     max_records: int | None = None
     shuffle: bool = True
     seed: int = 0
@@ -211,13 +226,38 @@ class DataConfig:
         self.infill_markers = check_layout_fields(
             self.chat_template, self.infill_markers, self.response_suffix, self.psm_template
         )
+        self._check_mixture()
         if self.pack and self.kind != "pretrain":
             raise ValueError("data.pack applies to kind 'pretrain' only; set pack: false")
-        if self.path is None and DEFAULT_HUB_DATASETS[self.kind][0] is None:
+        if self.path is None and self.mixture is None and DEFAULT_HUB_DATASETS[self.kind][0] is None:
             raise ValueError(
                 f"data.path is required for kind {self.kind!r} (no default dataset): give a Hub "
                 "dataset id or a local json/jsonl/parquet/text file"
             )
+
+    def _check_mixture(self) -> None:
+        """A mixture is a non-empty list of sources with a path and a positive weight."""
+        _check_choice("mixture_unit", self.mixture_unit, ("tokens", "records"))
+        _check_int("mixture_probe", self.mixture_probe, 1)
+        if self.mixture is None:
+            return
+        if self.path is not None:
+            raise ValueError("data.path and data.mixture are both set: list every source in mixture")
+        if not isinstance(self.mixture, list) or not self.mixture:
+            raise TypeError(f"data.mixture must be a non-empty list of sources, got {self.mixture!r}")
+        for index, source in enumerate(self.mixture):
+            where = f"data.mixture[{index}]"
+            if not isinstance(source, Mapping):
+                raise TypeError(f"{where} must be a mapping with path and weight, got {source!r}")
+            unknown = sorted(set(source) - set(MIXTURE_KEYS))
+            if unknown:
+                raise ValueError(f"{where} has unknown keys {unknown}; allowed: {list(MIXTURE_KEYS)}")
+            if not isinstance(source.get("path"), str) or not source["path"]:
+                raise TypeError(f"{where}.path must be a Hub dataset id or a local file")
+            weight = source.get("weight")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise ValueError(f"{where}.weight must be a positive number, got {weight!r}")
+        self.mixture = [dict(source) for source in self.mixture]
 
     @property
     def resolved_append_eos(self) -> bool:

@@ -1,10 +1,14 @@
 """Reading raw records with Hugging Face ``datasets`` (Hub ids or local files)."""
+
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from retrofit.data.config import DEFAULT_HUB_DATASETS, DataConfig
+from retrofit.data.config import DEFAULT_FIELDS, DEFAULT_HUB_DATASETS, DataConfig
 
 _EXTENSION_BUILDERS = {
     ".json": "json",
@@ -44,8 +48,11 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-def load_records(cfg: DataConfig) -> Any:
+def load_records(cfg: DataConfig, tokenizer: Any = None) -> Any:
     """Load the raw records (no shuffling, sharding or tokenisation).
+
+    A ``cfg.mixture`` is loaded by :func:`load_mixture` (``tokenizer`` measures record lengths for
+    token weights).
 
     Hub datasets: the config name is ``cfg.name``; when it is None and the dataset is the kind's
     default Hub id (``path`` None or equal to it, e.g. ``openai/gsm8k``), the kind's default config
@@ -64,6 +71,8 @@ def load_records(cfg: DataConfig) -> Any:
     """
     import datasets
 
+    if cfg.mixture is not None:
+        return load_mixture(cfg, tokenizer)
     default_path, default_name = DEFAULT_HUB_DATASETS[cfg.kind]
     path = cfg.path if cfg.path is not None else default_path
     name = cfg.name
@@ -152,3 +161,66 @@ def load_records(cfg: DataConfig) -> Any:
     return records
 
 
+
+
+def mixture_sources(cfg: DataConfig) -> list[tuple[DataConfig, float]]:
+    """(data config of one source, its weight) for every entry of ``cfg.mixture``."""
+    sources = []
+    for entry in cfg.mixture or []:
+        defaults = {"name": None, "revision": None, "source": "auto", "fields": {}}
+        settings = {**defaults, **{key: value for key, value in entry.items() if key != "weight"}}
+        sub = dataclasses.replace(cfg, mixture=None, max_records=None, **settings)
+        sources.append((sub, float(entry["weight"])))
+    return sources
+
+
+def _text_of(record: Any, columns: Sequence[str]) -> str:
+    """The text a record contributes (its string columns joined), for length measurement."""
+    return "".join(str(record[column]) for column in columns if isinstance(record.get(column), str))
+
+
+def mixture_probabilities(cfg: DataConfig, parts: Sequence[Any], tokenizer: Any) -> list[float]:
+    """The chance of drawing a record of each source: its weight (``mixture_unit: records``), or
+    its weight divided by its mean tokens per record over its first ``mixture_probe`` records
+    (``tokens``), normalised."""
+    weights = [weight for _, weight in mixture_sources(cfg)]
+    if cfg.mixture_unit == "tokens":
+        if tokenizer is None:
+            raise ValueError("data.mixture_unit: tokens needs the tokenizer to measure record "
+                             "lengths (build_dataset passes it); or set mixture_unit: records")
+        columns = list(DEFAULT_FIELDS[cfg.kind].values())
+        for index, part in enumerate(parts):
+            probe = list(itertools.islice(iter(part), cfg.mixture_probe))
+            if not probe:
+                raise ValueError(f"data.mixture[{index}] ({cfg.mixture[index]['path']}) has no records")
+            lengths = [len(tokenizer(_text_of(r, columns), add_special_tokens=False)["input_ids"])
+                       for r in probe]
+            weights[index] /= max(1.0, sum(lengths) / len(lengths))
+    total = sum(weights)
+    return [weight / total for weight in weights]
+
+
+def load_mixture(cfg: DataConfig, tokenizer: Any = None) -> Any:
+    """Every source of ``cfg.mixture`` loaded, its columns renamed to the kind's default column
+    names, and interleaved by :func:`mixture_probabilities` with ``datasets.interleave_datasets``
+    (seeded with ``cfg.seed``, "all_exhausted"). ``cfg.max_records`` keeps the first N records of
+    the mixture."""
+    import datasets
+
+    parts = []
+    for sub, _ in mixture_sources(cfg):
+        records = load_records(sub)
+        renames = {sub.resolved_fields[role]: column for role, column in DEFAULT_FIELDS[cfg.kind].items()
+                   if sub.resolved_fields[role] != column}
+        if renames:
+            records = records.rename_columns(renames)
+        parts.append(records.select_columns(list(DEFAULT_FIELDS[cfg.kind].values())))
+    mixed = datasets.interleave_datasets(
+        parts, probabilities=mixture_probabilities(cfg, parts, tokenizer), seed=cfg.seed,
+        stopping_strategy="all_exhausted",
+    )  # fmt: skip
+    if cfg.max_records is not None:
+        if cfg.streaming:
+            return mixed.take(cfg.max_records)
+        return mixed.select(range(min(cfg.max_records, len(mixed))))
+    return mixed
