@@ -889,14 +889,21 @@ def test_llada_recipes_name_the_gsm8k_config_and_pin_openwebtext(load_dataset_ca
         load_records(cfg.data)
         ((args, kwargs),) = load_dataset_calls
         assert args == ("openai/gsm8k",) and kwargs["name"] == "main"
-    for name in ("transfer", "mdm-transfer"):
+    from retrofit.data.sources import mixture_sources
+
+    for name in ("transfer", "mdm-transfer"):  # issue 12: OpenWebText + Proof-Pile-2, as researched
         cfg = load_config(REPO / f"recipes/llada-8b/{name}.yaml", check_files=False)
-        assert cfg.data.path == "Skylion007/openwebtext"
-        assert re.fullmatch(r"[0-9a-f]{40}|refs/convert/parquet", cfg.data.revision)
-        load_dataset_calls.clear()
-        load_records(cfg.data)
-        ((_, kwargs),) = load_dataset_calls
-        assert kwargs["revision"] == cfg.data.revision
+        sources = {sub.path: sub for sub, _ in mixture_sources(cfg.data)}
+        assert set(sources) == {"Skylion007/openwebtext", "EleutherAI/proof-pile-2"}
+        openwebtext = sources["Skylion007/openwebtext"]
+        assert re.fullmatch(r"[0-9a-f]{40}|refs/convert/parquet", openwebtext.revision)
+        for sub in sources.values():
+            load_dataset_calls.clear()
+            load_records(sub)
+            ((args, kwargs),) = load_dataset_calls
+            assert args == (sub.path,) and kwargs.get("revision") == sub.revision
+            if sub.path == "EleutherAI/proof-pile-2":
+                assert kwargs["name"] == "default"  # arXiv + OpenWebMath + AlgebraicStack
 
 
 # ------------------------------------------------------------------------------ special tokens
