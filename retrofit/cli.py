@@ -1,7 +1,9 @@
 """The `retrofit` command: one entry point that dispatches to each subcommand's module.
 
 Subcommands are imported lazily so `retrofit --help` stays fast (torch and transformers take
-seconds to import) and a broken optional dependency only affects the command that needs it.
+seconds to import) and a broken optional dependency only affects the command that needs it. A
+failing command prints one line, `retrofit <command>: <message>`, and exits 2
+(:mod:`retrofit.console`; `--debug` or RETROFIT_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import retrofit
+from retrofit.console import run_command
 
 # subcommand -> (module, one-line description). Each module exposes `cli_main(argv) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,7 +32,8 @@ def _usage() -> str:
     lines = [
         f"retrofit {retrofit.__version__}: retrofit masked diffusion LMs into FlexMDMs",
         "",
-        "usage: retrofit <command> [options]   (retrofit <command> --help for its options)",
+        "usage: retrofit <command> [options]   (retrofit <command> --help for its options;",
+        "       --debug or RETROFIT_DEBUG=1 shows a failing command's traceback)",
         "",
         "commands:",
     ]
@@ -50,10 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"retrofit: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    if command == "compare":
-        return int(module.compare_cli_main(rest) or 0)
-    return int(module.cli_main(rest) or 0)
+    def run(arguments: list[str]) -> int | None:
+        module = importlib.import_module(COMMANDS[command][0])
+        entry = module.compare_cli_main if command == "compare" else module.cli_main
+        return entry(arguments)
+
+    return run_command(command, run, rest)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from retrofit.console import error_line, run_command
 from retrofit.evaluation.compare import compare_results
 from retrofit.evaluation.generator import ModelGenerator
 from retrofit.evaluation.runner import distributed_position, run_evaluation
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gen", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sampler argument of the spec, e.g. --gen steps=64")
+    parser.add_argument("--on-long-prompt", choices=["skip", "truncate-left", "error"], default=None,
+                        help="a prompt that leaves no room to answer: skip it (counted in the summary), "
+                        "drop its first tokens, or stop (default: the spec's, skip)")
+    parser.add_argument("--require-complete", action="store_true",
+                        help="refuse completions that do not cover every task (default: warn)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -96,17 +102,18 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 if torch.cuda.is_available():
                     device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
             generator = ModelGenerator(args.model, spec, revision=args.revision, tokenizer=args.tokenizer,
-                                       device=device, dtype=args.dtype, overrides=overrides, seed=args.seed)
+                                       device=device, dtype=args.dtype, overrides=overrides, seed=args.seed,
+                                       on_long_prompt=args.on_long_prompt)
         summary = run_evaluation(
             spec, output, generate_fn=generator,
             completions=args.completions if args.model is None else None, data=args.data,
             limit=args.limit, rank=rank, world_size=world_size, batch_size=args.batch_size,
-            num_samples=args.samples,
-            workers=args.workers, progress=not args.no_progress,
+            num_samples=args.samples, workers=args.workers, progress=not args.no_progress,
+            require_complete=args.require_complete,
         )
     except (ValueError, KeyError, OSError, RuntimeError) as error:
         # OSError covers missing files and a checkpoint/tokenizer the Hub cannot serve offline.
-        print(f"retrofit eval: {type(error).__name__}: {error}", file=sys.stderr)
+        print(error_line("eval", error), file=sys.stderr)
         return 2
     if summary is not None:
         shown = {k: v for k, v in summary.items() if k not in ("spec", "settings", "model", "verdicts")}
@@ -128,7 +135,7 @@ def compare_cli_main(argv: Sequence[str] | None = None) -> int:
     try:
         report = compare_results(args.result_a, args.result_b)
     except (ValueError, FileNotFoundError) as error:
-        print(f"retrofit compare: {error}", file=sys.stderr)
+        print(error_line("compare", error), file=sys.stderr)
         return 2
     print(f"A: {report['a']}\nB: {report['b']}")
     print(f"paired samples: {report['num_pairs']}  accuracy A {report['accuracy_a']:.4f}  "
@@ -150,9 +157,9 @@ def main() -> None:
     when the first argument is `compare`."""
     argv = sys.argv[1:]
     if argv and argv[0] == "compare":
-        code = compare_cli_main(argv[1:])
+        code = run_command("compare", compare_cli_main, argv[1:])
     else:
-        code = cli_main(argv[1:] if argv and argv[0] == "eval" else argv)
+        code = run_command("eval", cli_main, argv[1:] if argv and argv[0] == "eval" else argv)
     sys.stdout.flush()
     sys.stderr.flush()
     # Multi-process launches: leave without interpreter teardown (torch + gloo can abort there).

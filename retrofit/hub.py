@@ -1137,8 +1137,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             token=args.token, commit_message=args.message, eval_paths=args.eval_paths, dry_run=args.dry_run,
         )
     except (ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
-        print(f"retrofit push: error: {error}", file=sys.stderr)
-        return 1
+        print(f"retrofit push: {error}", file=sys.stderr)
+        return 2
     print(url)
     return 0
 

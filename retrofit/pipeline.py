@@ -42,9 +42,11 @@ from retrofit.prompt_layout import PromptLayout, encode_generation_inputs, encod
 from retrofit.sampling import flexmdm_generate, mdm_generate
 from retrofit.special_ids import SpecialIds, cut_at_stop
 
-__all__ = ["Answer", "Pipeline", "Task", "load_tokenizer"]
+__all__ = ["LONG_PROMPT_POLICIES", "Answer", "Pipeline", "Task", "load_tokenizer"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+# What to do with a prompt that leaves no room for an answer within the model's max_length.
+LONG_PROMPT_POLICIES = ("error", "skip", "truncate-left")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class Answer:
 
     token_ids: the answer's ids up to its first stop id. forward_passes: model calls this sample
     took part in. seconds: its share of its batch's wall time. truncated: the FlexMDM wanted more
-    tokens than ``max_length`` allowed (always False for the MDM).
+    tokens than ``max_length`` allowed (always False for the MDM). skipped: why the task was not
+    generated (``"prompt_too_long"`` under ``on_long_prompt="skip"``), else None.
     """
 
     text: str
@@ -80,6 +83,7 @@ class Answer:
     forward_passes: int
     seconds: float
     truncated: bool = False
+    skipped: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -192,12 +196,43 @@ class Pipeline:
 
     # -- generate ---------------------------------------------------------------------------------
 
+    def prompt_limit(self, settings: Mapping[str, Any]) -> int:
+        """The most tokens a prompt (infilling: prefix + suffix) may have under ``settings``:
+        FlexMDM ``max_length`` (default the model's); MDM the model's max_length minus the
+        ``gen_length`` canvas (default 256)."""
+        model_max = int(self.model.config.max_length)
+        if self.kind == "mdm":
+            return model_max - int(settings.get("gen_length") or 256)
+        return int(settings.get("max_length") or model_max)
+
+    def _fit(self, prompts: list[list[int]], suffixes: list[list[int]] | None, limit: int,
+             policy: str) -> list[str | None]:
+        """Apply ``policy`` to over-long prompts in place; returns each task's skip reason."""
+        if policy not in LONG_PROMPT_POLICIES:
+            raise ValueError(f"on_long_prompt must be one of {LONG_PROMPT_POLICIES}, got {policy!r}")
+        reasons: list[str | None] = []
+        for index, prompt in enumerate(prompts):
+            suffix = len(suffixes[index]) if suffixes is not None else 0
+            if len(prompt) + suffix <= limit:
+                reasons.append(None)
+            elif policy == "error":
+                raise ValueError(
+                    f"prompt {index} has {len(prompt) + suffix} tokens, more than the {limit} the "
+                    "settings allow: raise max_length, or choose on_long_prompt: skip | truncate-left")
+            elif policy == "skip":
+                reasons.append("prompt_too_long")
+            else:  # keep the suffix and the end of the prompt, drop tokens from its start
+                prompts[index] = prompt[len(prompt) + suffix - limit:] if limit > suffix else []
+                reasons.append(None if limit > suffix else "prompt_too_long")
+        return reasons
+
     def generate(
         self,
         tasks: Sequence[Task],
         sampling: Mapping[str, Any] | None = None,
         *,
         seed: int = 0,
+        on_long_prompt: str = "error",
         progress: bool = False,
         trace: Any = None,
     ) -> list[Answer]:
@@ -205,14 +240,31 @@ class Pipeline:
 
         ``sampling``: the sampler's settings (``flexmdm_generate`` / ``mdm_generate`` keywords,
         e.g. ``steps``, ``confidence``, ``gen_length``); ``seed`` and each task's stream id fix its
-        randomness. Returns one :class:`Answer` per task, in order.
+        randomness. ``on_long_prompt``: a prompt longer than :meth:`prompt_limit` raises
+        (``error``), is answered with nothing and marked (``skip``), or loses tokens from its
+        start (``truncate-left``). Returns one :class:`Answer` per task, in order.
         """
         tasks = list(tasks)
-        prompts, suffixes = self.encode(tasks)
-        stream_ids = [
-            index if task.stream_id is None else task.stream_id for index, task in enumerate(tasks)
-        ]
         settings = dict(sampling or {})
+        prompts, suffixes = self.encode(tasks)
+        reasons = self._fit(prompts, suffixes, self.prompt_limit(settings), on_long_prompt)
+        kept = [index for index, reason in enumerate(reasons) if reason is None]
+        answers = [Answer("", [], 0, 0.0, skipped=reason) for reason in reasons]
+        if kept:
+            stream_ids = [index if tasks[index].stream_id is None else tasks[index].stream_id
+                          for index in kept]
+            generated = self._sample(
+                [prompts[i] for i in kept], None if suffixes is None else [suffixes[i] for i in kept],
+                stream_ids, settings, seed=seed, progress=progress, trace=trace,
+            )  # fmt: skip
+            for index, answer in zip(kept, generated):
+                answers[index] = answer
+        return answers
+
+    def _sample(self, prompts: list[list[int]], suffixes: list[list[int]] | None,
+                stream_ids: list[int], settings: dict[str, Any], *, seed: int, progress: bool,
+                trace: Any) -> list[Answer]:
+        """Run the sampler of the checkpoint's kind; answers cut at their first stop id."""
         started = time.perf_counter()
         with torch.no_grad():
             if self.kind == "mdm":
@@ -220,8 +272,8 @@ class Pipeline:
                     self.model, prompts, seed=seed, row_ids=stream_ids, progress=progress,
                     trace=trace, **settings,
                 )  # fmt: skip
-                passes = [int(result.steps)] * len(tasks)
-                truncated = [False] * len(tasks)
+                passes = [int(result.steps)] * len(prompts)
+                truncated = [False] * len(prompts)
             else:
                 result = flexmdm_generate(
                     self.model, prompts, suffixes=suffixes, seed=seed, row_ids=stream_ids,
@@ -229,7 +281,7 @@ class Pipeline:
                 )  # fmt: skip
                 passes = [int(steps) for steps in result.steps]
                 truncated = [bool(flag) for flag in result.truncated]
-        share = (time.perf_counter() - started) / max(1, len(tasks))
+        share = (time.perf_counter() - started) / max(1, len(prompts))
         answers = []
         for index, ids in enumerate(result.sequences):
             ids = cut_at_stop(ids, self.special_ids.stop_ids)

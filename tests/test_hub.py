@@ -322,7 +322,7 @@ def test_rejected_token_via_cli_subprocess(hub, run_dir, tmp_path):
         [sys.executable, "-m", "retrofit.cli", "push", str(checkpoint), "--repo-id", f"{USER}/bad-token"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # issue 14: every command fails with exit code 2
     assert "rejected the token from HF_TOKEN" in result.stderr and "HTTP 401" in result.stderr
     assert hub.state.repo(f"{USER}/bad-token") is None
     assert tree_hashes(checkpoint) == before
@@ -350,7 +350,7 @@ def test_checkpoint_without_config_or_that_fails_to_load_is_refused(hub, run_dir
         (no_config / name).write_bytes((source / name).read_bytes())
     with pytest.raises(ValueError, match="retrofit_config.json is missing"):
         push_checkpoint(no_config, f"{USER}/no-config")
-    assert cli_main([str(no_config), "--repo-id", f"{USER}/no-config"]) == 1
+    assert cli_main([str(no_config), "--repo-id", f"{USER}/no-config"]) == 2
 
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -27,12 +27,15 @@ class ModelGenerator:
 
     Prompts are encoded exactly as in training (the checkpoint's recorded prompt layout; a spec's
     explicit ``prompt.chat_template`` / ``prompt.infill_markers`` override it). Each sample draws
-    from the stream of its (task id, sample index). Lengths are answer tokens.
+    from the stream of its (task id, sample index). Lengths are answer tokens. A prompt too long
+    for the settings is handled by ``on_long_prompt`` (default the spec's
+    ``generation.on_long_prompt``, ``skip``): skipped and counted, never an abort that repeats.
     """
 
     def __init__(self, model: str, spec: EvalSpec, *, revision: str | None = None,
                  tokenizer: str | None = None, device: str | None = None, dtype: str = "auto",
-                 overrides: dict[str, Any] | None = None, seed: int = 0) -> None:
+                 overrides: dict[str, Any] | None = None, seed: int = 0,
+                 on_long_prompt: str | None = None) -> None:
         from retrofit.pipeline import Pipeline, default_device_and_dtype
 
         self.model_id, self.revision = model, revision
@@ -47,6 +50,7 @@ class ModelGenerator:
         self.settings = spec.generation_settings(self.kind)
         self.settings.update(overrides or {})
         self.seed = seed
+        self.on_long_prompt = on_long_prompt or spec.on_long_prompt
 
     def identity(self) -> dict[str, Any]:
         """What was evaluated: checkpoint id or absolute local path, revision, kind, base model,
@@ -79,11 +83,14 @@ class ModelGenerator:
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
         """One answer per task; each sample draws from the stream of its (task_id, sample_index)."""
         answers = self.pipeline.generate([request_for(task) for task in tasks], self.settings,
-                                         seed=self.seed)
+                                         seed=self.seed, on_long_prompt=self.on_long_prompt)
         outputs = []
         for answer in answers:
             extra = {} if self.kind == "mdm" else {"steps": answer.forward_passes,
                                                    "truncated": answer.truncated}
-            outputs.append(Generation(answer.text, num_tokens=answer.num_tokens, extra=extra))
+            if answer.skipped:
+                extra["skipped"] = answer.skipped
+            outputs.append(Generation(answer.text, num_tokens=answer.num_tokens, extra=extra,
+                                      forward_passes=answer.forward_passes, seconds=answer.seconds))
         return outputs
 

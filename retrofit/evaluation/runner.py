@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ class WorkItem:
 @dataclass
 class RunPlan:
     """What one rank of a run does: its work items, every key of the run (key -> rank), the task
-    order for merging, and the run identity recorded in ``run.json``."""
+    order for merging, the run identity recorded in ``run.json``, and how many of the benchmark's
+    tasks the run covers (a completions file may hold only some)."""
 
     items: list[WorkItem]
     expected: dict[str, int]
@@ -73,6 +75,7 @@ class RunPlan:
     identity: dict[str, Any]
     model_identity: dict[str, Any]
     settings: dict[str, Any]
+    coverage: dict[str, Any]
 
 
 def load_tasks(spec: EvalSpec | str | Path, data: str | Path | None = None) -> list[EvalTask]:
@@ -142,8 +145,26 @@ def plan_run(
     settings = {**(settings or {}), "num_samples": num_samples if completions is None else None}
     identity = {"benchmark": spec.name, "spec": spec.to_dict(), "model": model_identity or {},
                 "settings": settings, "data": str(data) if data is not None else "default"}
+    covered = len({item.task.task_id for item in items})
+    coverage = {"tasks": len(tasks), "tasks_covered": covered,
+                "fraction": covered / len(tasks) if tasks else 0.0}
     return RunPlan([item for item in items if expected[item.key] == rank], expected, task_order,
-                   identity, model_identity or {}, settings)
+                   identity, model_identity or {}, settings, coverage)
+
+
+def check_coverage(plan: RunPlan, spec: EvalSpec, *, require_complete: bool) -> None:
+    """Warn (or, with ``require_complete``, refuse) when the samples cover only some tasks: a
+    metric over 3 of 1,033 tasks is not the benchmark's."""
+    coverage = plan.coverage
+    if coverage["tasks_covered"] == coverage["tasks"]:
+        return
+    message = (f"the completions cover {coverage['tasks_covered']:,} of the {coverage['tasks']:,} "
+               f"tasks of {spec.name} ({100 * coverage['fraction']:.1f}%): the metric is over those "
+               "alone")
+    if require_complete:
+        raise ValueError(message + " (--require-complete)")
+    warnings.warn(message + "; summary.json records the coverage (--require-complete refuses)",
+                  stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- generate and score
@@ -169,8 +190,9 @@ def _record(item: WorkItem, generation: Generation, score: dict[str, Any], bench
         "generated_chars": len(generation.text),
         "reference_tokens": count_tokens(reference_text) if count_tokens else None,
         "reference_chars": len(reference_text),
-        "generation_time_s": round(times[0], 4),
+        "generation_time_s": round(times[0] if generation.seconds is None else generation.seconds, 4),
         "scoring_time_s": round(times[1], 4),
+        "forward_passes": generation.forward_passes,
         **({"generation": generation.extra} if generation.extra else {}),
     }
 
@@ -260,10 +282,27 @@ def summarize(spec: EvalSpec | Benchmark, records: Sequence[dict[str, Any]],
     summary["lengths"] = {"unit": unit, **length_report(generated, reference)}
     if spec.task == "lengths" and "wasserstein_1" in summary["lengths"]:
         summary["metric"], summary["value"] = "wasserstein_1", summary["lengths"]["wasserstein_1"]
+    summary["cost"] = cost_summary(records)
+    skipped = Counter(r["generation"]["skipped"] for r in records
+                      if isinstance(r.get("generation"), dict) and r["generation"].get("skipped"))
+    if skipped:
+        summary["skipped"] = dict(skipped)
     if output is not None and generated and reference:
         plot_length_histograms(generated, reference, output / "lengths.png", title=spec.name, unit=unit)
         summary["lengths_plot"] = "lengths.png"
     return summary
+
+
+def cost_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the samples cost: mean forward passes and generation seconds per sample (None for
+    scored completions, which cost no generation here)."""
+    passes = [r["forward_passes"] for r in records if r.get("forward_passes") is not None]
+    seconds = [r["generation_time_s"] for r in records if r.get("forward_passes") is not None]
+    return {
+        "forward_passes_per_sample": sum(passes) / len(passes) if passes else None,
+        "seconds_per_sample": sum(seconds) / len(seconds) if seconds else None,
+        "samples_generated": len(passes),
+    }
 
 
 # ----------------------------------------------------------------------------- the run
@@ -285,6 +324,7 @@ def run_evaluation(
     workers: int | None = None,
     progress: bool = True,
     merge_timeout_s: float = 24 * 3600,
+    require_complete: bool = False,
 ) -> dict[str, Any] | None:
     """Run (or resume) one benchmark; returns the summary on rank 0, None on other ranks.
 
@@ -295,6 +335,8 @@ def run_evaluation(
     generate_fn (pass@k for k <= num_samples); each sample of a task is a separate row of a batch,
     passed as the task with its `sample_index` set, so the generator draws it from its own random
     stream. merge_timeout_s: how long rank 0 of a sharded run waits for the other ranks' samples.
+    require_complete: refuse completions that cover only some of the tasks (else a warning, and
+    the coverage in the summary).
     """
     spec = load_spec(spec)
     if (generate_fn is None) == (completions is None):
@@ -309,6 +351,7 @@ def run_evaluation(
         plan = plan_run(spec, benchmark, generate_fn=generate_fn, completions=completions, data=data,
                         limit=limit, rank=rank, world_size=world_size, model_identity=model_identity,
                         settings=settings, num_samples=num_samples)
+        check_coverage(plan, spec, require_complete=require_complete)
         check_run_identity(output, plan.identity, write=rank == 0)
         benchmark.prepare()
         count_tokens = count_tokens or getattr(generate_fn, "count_tokens", None)
@@ -325,6 +368,7 @@ def run_evaluation(
             wait_for_samples(output, plan.expected, world_size, merge_timeout_s)
         records = merge_samples(output, plan)
         summary = summarize(benchmark, records, output)
+        summary["coverage"] = plan.coverage
         runtime = generate_fn.runtime() if hasattr(generate_fn, "runtime") else {}
         summary.update({
             "model": plan.model_identity,

@@ -9,6 +9,7 @@ a YAML file. Fields:
     prompt: {...}                    # how a task becomes model input
     generation:                      # sampler keyword arguments per checkpoint kind
       batch_size: 8
+      on_long_prompt: skip     # | truncate-left | error: a prompt that leaves no room to answer
       flexmdm: {steps: 256, confidence: prob_diff, ...}   # retrofit.sampling.flexmdm_generate
       mdm: {gen_length: 256, block_length: 32, ...}       # retrofit.sampling.mdm_generate
     extraction: {...}                # answer extraction / completion normalisation
@@ -83,6 +84,9 @@ class EvalSpec:
             if unknown is None or unknown:
                 raise ValueError(f"spec {self.name!r}: data.fields maps {list(JSONL_FIELDS)} to "
                                  f"record keys; got {fields!r}")
+        if self.generation.get("on_long_prompt", "skip") not in ("skip", "truncate-left", "error"):
+            raise ValueError(f"spec {self.name!r}: generation.on_long_prompt must be skip, "
+                             f"truncate-left or error, got {self.generation['on_long_prompt']!r}")
         for kind in KINDS:
             settings = self.generation.get(kind, {})
             if not isinstance(settings, dict):
@@ -99,6 +103,13 @@ class EvalSpec:
         if kind not in KINDS:
             raise ValueError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
         return copy.deepcopy(self.generation.get(kind, {}))
+
+    @property
+    def on_long_prompt(self) -> str:
+        """What to do with a prompt too long for the sampler settings (`generation.on_long_prompt`):
+        ``skip`` (default: answered with nothing, counted in the summary), ``truncate-left`` or
+        ``error``."""
+        return str(self.generation.get("on_long_prompt", "skip"))
 
     @property
     def batch_size(self) -> int:
