@@ -165,8 +165,9 @@ class DreamConfig(PreTrainedConfig):
 def tiny_dream_config(**overrides: Any) -> DreamConfig:
     """A tiny Dream config for tests: 2 layers, width 64, 4 query / 2 key-value heads, vocab 128.
 
-    Special ids sit inside the vocabulary: mask 126, pad = eos = bos 127. Any field can be
-    overridden, e.g. ``tiny_dream_config(num_hidden_layers=3)``.
+    Special ids sit inside the vocabulary: mask 126, pad = eos = bos 127 (bos follows an
+    overridden eos, as in Dream-7B where all three are 151643). Any field can be overridden, e.g.
+    ``tiny_dream_config(num_hidden_layers=3)``.
     """
     fields: dict[str, Any] = {
         "vocab_size": 128,
@@ -183,4 +184,6 @@ def tiny_dream_config(**overrides: Any) -> DreamConfig:
         "bos_token_id": 127,
     }
     fields.update(overrides)
+    if "bos_token_id" not in overrides:
+        fields["bos_token_id"] = fields["eos_token_id"]
     return DreamConfig(**fields)
