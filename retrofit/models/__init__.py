@@ -1,9 +1,9 @@
 """Native backbones registered with transformers' Auto classes.
 
 Importing this package registers model_types ``"llada"`` and ``"Dream"`` with ``AutoConfig``,
-``AutoModel`` and ``AutoModelForMaskedLM``, so official LLaDA and Dream checkpoints (whose
-``config.json`` points ``auto_map`` at remote code) load with ``AutoModel.from_pretrained(path)``:
-no ``trust_remote_code``, no network. :func:`build_tiny_backbone` builds a small random model of
+``AutoModel`` and ``AutoModelForMaskedLM`` (and Dream's tokenizer with ``AutoTokenizer``), so
+official LLaDA and Dream checkpoints (whose ``config.json`` points ``auto_map`` at remote code)
+load with ``AutoModel.from_pretrained(path)``: no ``trust_remote_code``, no network. :func:`build_tiny_backbone` builds a small random model of
 either family (tests, CPU recipes).
 """
 
@@ -12,7 +12,13 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from .configuration_dream import DREAM_REQUIRED_CHECKPOINT_KEYS, DreamConfig, tiny_dream_config
 from .configuration_llada import REQUIRED_CHECKPOINT_KEYS, LLaDAConfig, tiny_llada_config
@@ -27,6 +33,7 @@ from .modeling_llada import (
     apply_rotary,
     rotary_cos_sin,
 )
+from .tokenization_dream import DreamTokenizer
 
 __all__ = [
     "DREAM_REQUIRED_CHECKPOINT_KEYS",
@@ -37,6 +44,7 @@ __all__ = [
     "DreamDecoderLayer",
     "DreamModel",
     "DreamOutput",
+    "DreamTokenizer",
     "LLaDABlock",
     "LLaDAConfig",
     "LLaDAModel",
@@ -76,6 +84,8 @@ for _config_class, _model_class in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, D
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     AutoModelForMaskedLM.register(_config_class, _model_class, exist_ok=True)
+# Dream's tokenizer_config.json names DreamTokenizer (remote code): the local class of that name wins.
+AutoTokenizer.register(DreamConfig, tokenizer_class=DreamTokenizer, exist_ok=True)
 
 
 def check_backbone_supported(model_type: str) -> type[PreTrainedModel]:
