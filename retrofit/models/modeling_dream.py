@@ -428,6 +428,10 @@ class DreamModel(DreamPreTrainedModel):
         ``output_loading_info=True`` still returns ``(model, info)``.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        if strict:
+            # Let transformers report mis-shaped tensors (instead of raising without naming
+            # them), so that the error below names every offending key.
+            kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
