@@ -14,6 +14,7 @@ import torch
 from hub_server import LocalHub, hub_environment
 
 from retrofit.adapter import AdapterSpec, FlexMDM, RetrofitConfig
+from retrofit.hub import push_model
 from retrofit.models import (
     DreamConfig,
     DreamModel,
@@ -210,7 +211,7 @@ def test_push_to_a_hub_and_load_by_repo_id(tmp_path_factory, monkeypatch):
 
         model = FlexMDM.retrofit(f"{USER}/tiny-dream-base", "tiny-dream")
         perturb_trainable(model)
-        model.push_to_hub(f"{USER}/tiny-dream-flexmdm", verify=False)
+        push_model(model, f"{USER}/tiny-dream-flexmdm", verify=False)
         files = server.state.files(f"{USER}/tiny-dream-flexmdm")
         assert {"adapter_model.safetensors", "flexmdm_modules.safetensors",
                 "retrofit_config.json", "README.md"} <= set(files)
