@@ -300,6 +300,19 @@ def dream_generate(
         trace=trace,
     )
     eos_id = _config_value(model, "eos_token_id", eos_token_id)
+    return _run_batches(model, prompt_rows, stream_ids, batch_size, sort_by_length, eos_id, options)
+
+
+def _run_batches(
+    model: Callable[..., Any],
+    prompt_rows: list[list[int]],
+    stream_ids: list[int],
+    batch_size: int | None,
+    sort_by_length: bool,
+    eos_id: int | None,
+    options: _DreamOptions,
+) -> MDMSamplingResult:
+    """Sample every batch and gather the rows in the order of the prompts."""
     n_prompts = len(prompt_rows)
     sequences: list[list[int]] = [[] for _ in range(n_prompts)]
     full_sequences: list[list[int]] = [[] for _ in range(n_prompts)]
@@ -313,21 +326,17 @@ def dream_generate(
         )
         forward_passes += options.steps
         for position, row_id in enumerate(members):
-            start = len(rows[position])
-            sequences[row_id] = full_rows[position][start : start + gen_length]
-            full_sequences[row_id] = full_rows[position][: start + gen_length]
+            end = len(rows[position]) + options.gen_length
+            sequences[row_id] = full_rows[position][len(rows[position]) : end]
+            full_sequences[row_id] = full_rows[position][:end]
     answer_lengths = torch.tensor(
-        [
-            seq.index(eos_id) if eos_id is not None and eos_id in seq else len(seq)
-            for seq in sequences
-        ],
-        dtype=torch.long,
+        [seq.index(eos_id) if eos_id in seq else len(seq) for seq in sequences], dtype=torch.long
     )
     return MDMSamplingResult(
         sequences=sequences,
         full_sequences=full_sequences,
         lengths=answer_lengths,
-        steps=steps,
+        steps=options.steps,
         num_forward_passes=forward_passes,
     )
 

@@ -81,9 +81,14 @@ def trained_checkpoint(tmp_path_factory, official_checkpoint):
 def test_spec_and_official_layout_retrofit(official_checkpoint):
     spec = AdapterSpec.from_yaml("dream")
     assert (spec.backbone.model_type, spec.backbone.name_or_path) == (
-        "Dream", "Dream-org/Dream-v0-Base-7B")
+        "Dream",
+        "Dream-org/Dream-v0-Base-7B",
+    )
     assert (spec.backbone.layers, spec.backbone.lm_head, spec.backbone.logit_shift) == (
-        "model.layers", "lm_head", 1)
+        "model.layers",
+        "lm_head",
+        1,
+    )
     assert spec.time_conditioning.norms == ["input_layernorm", "post_attention_layernorm"]
     assert (spec.special_tokens.mask_token_id, spec.special_tokens.pad_token_id) == (151666, 151643)
     assert spec.lora.target_modules == ["q_proj", "k_proj", "v_proj", "lm_head"]
@@ -92,8 +97,12 @@ def test_spec_and_official_layout_retrofit(official_checkpoint):
     assert isinstance(model.lm, DreamModel) and model.config.backbone_type == "Dream"
     assert model.config.logit_shift == 1
     assert (model.mask_token_id, model.pad_token_id, model.eos_token_id) == (126, 127, 127)
-    lora_modules = {name.rsplit(".lora_", 1)[0] for name, _ in model.named_parameter_groups()["lora"]}
-    assert len(lora_modules) == 2 * 3 + 1 and any(name.endswith(".lm_head") for name in lora_modules)
+    lora_modules = {
+        name.rsplit(".lora_", 1)[0] for name, _ in model.named_parameter_groups()["lora"]
+    }
+    assert len(lora_modules) == 2 * 3 + 1 and any(
+        name.endswith(".lm_head") for name in lora_modules
+    )
 
 
 def test_zero_init_returns_the_shift_aligned_backbone_logits_exactly():
@@ -114,8 +123,10 @@ def test_zero_init_returns_the_shift_aligned_backbone_logits_exactly():
 
     mdm = FlexMDM.retrofit(copy.deepcopy(reference), "tiny-dream", kind="mdm")
     key_mask = torch.arange(10)[None, :] < lengths[:, None]
-    assert torch.equal(mdm(input_ids, lengths, None).logits,
-                       shifted(reference(input_ids, attention_mask=key_mask).logits))
+    assert torch.equal(
+        mdm(input_ids, lengths, None).logits,
+        shifted(reference(input_ids, attention_mask=key_mask).logits),
+    )
 
 
 def test_slot_j_reads_the_hidden_state_before_it_and_padding_does_not_matter():
@@ -126,8 +137,12 @@ def test_slot_j_reads_the_hidden_state_before_it_and_padding_does_not_matter():
     # By hand: the head on every buffer position, slot j <- position (j - 1) mod (l + 1).
     buffer_ids, attention_mask = model.build_slot_inputs(input_ids, lengths)
     with torch.no_grad():
-        hidden = model.lm(buffer_ids, attention_mask=attention_mask,
-                          modulation=model.time_modulation(t, 3), return_logits=False)
+        hidden = model.lm(
+            buffer_ids,
+            attention_mask=attention_mask,
+            modulation=model.time_modulation(t, 3),
+            return_logits=False,
+        )
         per_position = model.insertion_head(hidden.last_hidden_state)  # (B, L+1)
     for row, length in enumerate(lengths.tolist()):
         readers = [(slot - 1) % (length + 1) for slot in range(length + 1)]
@@ -139,10 +154,12 @@ def test_slot_j_reads_the_hidden_state_before_it_and_padding_does_not_matter():
         padded[row, :length] = input_ids[row, :length]
     wide = model(padded, lengths, t)
     for row, length in enumerate(lengths.tolist()):
-        torch.testing.assert_close(wide.logits[row, :length], output.logits[row, :length],
-                                   rtol=0, atol=1e-5)
-        torch.testing.assert_close(wide.gaps[row, : length + 1], output.gaps[row, : length + 1],
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            wide.logits[row, :length], output.logits[row, :length], rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            wide.gaps[row, : length + 1], output.gaps[row, : length + 1], rtol=0, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize(
@@ -183,7 +200,9 @@ def test_save_load_and_merge_round_trip(trained_checkpoint, tmp_path):
     model, directory = trained_checkpoint
     config = RetrofitConfig.load(directory)
     assert config.logit_shift == 1 and config.conditioned_norms == [
-        "input_layernorm", "post_attention_layernorm"]
+        "input_layernorm",
+        "post_attention_layernorm",
+    ]
     input_ids, lengths, t = make_batch()
     expected = model(input_ids, lengths, t)
     loaded = FlexMDM.from_pretrained(directory)
@@ -213,8 +232,12 @@ def test_push_to_a_hub_and_load_by_repo_id(tmp_path_factory, monkeypatch):
         perturb_trainable(model)
         push_model(model, f"{USER}/tiny-dream-flexmdm", verify=False)
         files = server.state.files(f"{USER}/tiny-dream-flexmdm")
-        assert {"adapter_model.safetensors", "flexmdm_modules.safetensors",
-                "retrofit_config.json", "README.md"} <= set(files)
+        assert {
+            "adapter_model.safetensors",
+            "flexmdm_modules.safetensors",
+            "retrofit_config.json",
+            "README.md",
+        } <= set(files)
         assert json.loads(files["retrofit_config.json"])["base_model"] == f"{USER}/tiny-dream-base"
         assert f"{USER}/tiny-dream-base" in files["README.md"].decode()
 
@@ -222,6 +245,8 @@ def test_push_to_a_hub_and_load_by_repo_id(tmp_path_factory, monkeypatch):
         expected = model(input_ids, lengths, t)
         loaded = FlexMDM.from_pretrained(f"{USER}/tiny-dream-flexmdm")
         actual = loaded(input_ids, lengths, t)
-        assert torch.equal(actual.logits, expected.logits) and torch.equal(actual.gaps, expected.gaps)
+        assert torch.equal(actual.logits, expected.logits) and torch.equal(
+            actual.gaps, expected.gaps
+        )
     finally:
         server.stop()

@@ -106,11 +106,25 @@ def write_official_checkpoint(directory: Path, model: DreamModel, rename=None, r
         tensors[(rename or {}).get(key, key)] = value.contiguous()
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = dict(DREAM_7B_CONFIG)
-    config.update({key: getattr(model.config, key) for key in (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
-        "max_window_layers", "mask_token_id", "pad_token_id", "eos_token_id", "bos_token_id",
-    )})
+    config.update(
+        {
+            key: getattr(model.config, key)
+            for key in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "max_position_embeddings",
+                "max_window_layers",
+                "mask_token_id",
+                "pad_token_id",
+                "eos_token_id",
+                "bos_token_id",
+            )
+        }
+    )
     config["torch_dtype"] = "float32"
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
@@ -123,20 +137,23 @@ def checkpoint(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- independent reference ---------
-def reference_forward(model: DreamModel, input_ids, key_mask=None, position_ids=None,
-                      modulation=None):
+def reference_forward(
+    model: DreamModel, input_ids, key_mask=None, position_ids=None, modulation=None
+):
     """Dream forward in float64 from the state dict: explicit softmax attention, complex RoPE."""
     config = model.config
     weights = {key: value.double() for key, value in model.state_dict().items()}
     batch, length = input_ids.shape
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = config.hidden_size // heads
-    positions = (torch.arange(length)[None].expand(batch, -1) if position_ids is None
-                 else position_ids).double()
+    positions = (
+        torch.arange(length)[None].expand(batch, -1) if position_ids is None else position_ids
+    ).double()
     half = head_dim // 2
     freqs = config.rope_theta ** (-torch.arange(half, dtype=torch.float64) * 2 / head_dim)
-    rotor = torch.polar(torch.ones(batch, length, half, dtype=torch.float64),
-                        positions[..., None] * freqs)[:, :, None, :]  # (B, L, 1, D/2)
+    rotor = torch.polar(
+        torch.ones(batch, length, half, dtype=torch.float64), positions[..., None] * freqs
+    )[:, :, None, :]  # (B, L, 1, D/2)
 
     def rope(x):  # (B, L, H, D): pair (i, i + D/2) rotated
         turned = torch.complex(x[..., :half], x[..., half:]) * rotor
@@ -169,11 +186,13 @@ def reference_forward(model: DreamModel, input_ids, key_mask=None, position_ids=
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         attended = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), value)
-        hidden = hidden + linear(attended.reshape(batch, length, -1), "self_attn.o_proj",
-                                 bias=False)
+        hidden = hidden + linear(
+            attended.reshape(batch, length, -1), "self_attn.o_proj", bias=False
+        )
         normed = modulate(rms(hidden, weights[prefix + "post_attention_layernorm.weight"]))
         gated = F.silu(linear(normed, "mlp.gate_proj", bias=False)) * linear(
-            normed, "mlp.up_proj", bias=False)
+            normed, "mlp.up_proj", bias=False
+        )
         hidden = hidden + linear(gated, "mlp.down_proj", bias=False)
     hidden = rms(hidden, weights["model.norm.weight"])
     return hidden @ weights["lm_head.weight"].T
@@ -193,8 +212,13 @@ def test_7b_parameter_count_and_official_names_on_meta():
     assert state["lm_head.weight"].shape == (152064, 3584)
     assert model.get_output_embeddings() is model.lm_head and DreamModel.logit_shift == 1
     config = DreamConfig()
-    assert (config.rope_theta, config.rms_norm_eps, config.mask_token_id, config.pad_token_id,
-            config.eos_token_id) == (1e6, 1e-6, 151666, 151643, 151643)
+    assert (
+        config.rope_theta,
+        config.rms_norm_eps,
+        config.mask_token_id,
+        config.pad_token_id,
+        config.eos_token_id,
+    ) == (1e6, 1e-6, 151666, 151643, 151643)
 
 
 def test_auto_classes_build_and_load_the_official_layout(checkpoint):
@@ -203,7 +227,10 @@ def test_auto_classes_build_and_load_the_official_layout(checkpoint):
     config = AutoConfig.from_pretrained(path)  # auto_map points at remote code: the native wins
     assert isinstance(config, DreamConfig) and config.model_type == "Dream"
     loaded = AutoModel.from_pretrained(path)
-    assert type(loaded) is DreamModel and type(AutoModelForMaskedLM.from_pretrained(path)) is DreamModel
+    assert (
+        type(loaded) is DreamModel
+        and type(AutoModelForMaskedLM.from_pretrained(path)) is DreamModel
+    )
     assert check_backbone_supported("Dream") is DreamModel
     input_ids = torch.randint(0, 126, (2, 9))
     with torch.no_grad():
@@ -213,10 +240,16 @@ def test_auto_classes_build_and_load_the_official_layout(checkpoint):
 @pytest.mark.parametrize(
     "rename, reshape, named",
     [
-        ({"model.layers.1.self_attn.k_proj.bias": "model.layers.1.self_attn.k_proj.b"}, None,
-         ["model.layers.1.self_attn.k_proj.bias", "model.layers.1.self_attn.k_proj.b"]),
-        (None, {"model.layers.0.self_attn.v_proj.weight": 16},
-         ["model.layers.0.self_attn.v_proj.weight"]),
+        (
+            {"model.layers.1.self_attn.k_proj.bias": "model.layers.1.self_attn.k_proj.b"},
+            None,
+            ["model.layers.1.self_attn.k_proj.bias", "model.layers.1.self_attn.k_proj.b"],
+        ),
+        (
+            None,
+            {"model.layers.0.self_attn.v_proj.weight": 16},
+            ["model.layers.0.self_attn.v_proj.weight"],
+        ),
     ],
     ids=["renamed", "mis-shaped"],
 )
@@ -230,7 +263,9 @@ def test_strict_loading_names_the_offending_tensor(tmp_path, rename, reshape, na
 def test_checkpoint_config_must_state_the_architecture(tmp_path):
     path = write_official_checkpoint(tmp_path, random_dream())
     config = json.loads((path / "config.json").read_text())
-    del config["num_key_value_heads"]  # the remote code's default (32 heads) differs from Dream-7B's
+    del config[
+        "num_key_value_heads"
+    ]  # the remote code's default (32 heads) differs from Dream-7B's
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"missing required key\(s\) \['num_key_value_heads'\]"):
         AutoConfig.from_pretrained(path)
@@ -238,8 +273,13 @@ def test_checkpoint_config_must_state_the_architecture(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("hidden_act", "gelu"), ("use_sliding_window", True), ("tie_word_embeddings", True),
-     ("num_key_value_heads", 3), ("rope_scaling", {"rope_type": "yarn", "factor": 4.0})],
+    [
+        ("hidden_act", "gelu"),
+        ("use_sliding_window", True),
+        ("tie_word_embeddings", True),
+        ("num_key_value_heads", 3),
+        ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}),
+    ],
 )
 def test_unsupported_variants_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
@@ -255,8 +295,9 @@ def test_forward_matches_float64_reference_with_masks_and_positions():
     with torch.no_grad():
         plain = model(input_ids).logits
         masked = model(input_ids, attention_mask=key_mask, position_ids=positions).logits
-    torch.testing.assert_close(plain.double(), reference_forward(model, input_ids),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        plain.double(), reference_forward(model, input_ids), rtol=1e-4, atol=1e-4
+    )
     expected = reference_forward(model, input_ids, key_mask, positions)
     torch.testing.assert_close(masked.double()[key_mask], expected[key_mask], rtol=1e-4, atol=1e-4)
     # Padding keys are never attended: changing them leaves the real positions exactly unchanged.
@@ -274,9 +315,12 @@ def test_modulation_matches_reference_and_zero_modulation_is_exact():
     with torch.no_grad():
         modulated = model(input_ids, modulation=modulation).logits
         assert torch.equal(model(input_ids, modulation=zeros).logits, model(input_ids).logits)
-    torch.testing.assert_close(modulated.double(),
-                               reference_forward(model, input_ids, modulation=modulation),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        modulated.double(),
+        reference_forward(model, input_ids, modulation=modulation),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     with pytest.raises(ValueError, match="one \\(scale, shift\\) entry per layer"):
         model(input_ids, modulation=modulation[:1])
 
@@ -284,8 +328,10 @@ def test_modulation_matches_reference_and_zero_modulation_is_exact():
 def test_gradient_checkpointing_gives_the_same_gradients():
     model = random_dream().train()
     input_ids = torch.randint(0, 126, (2, 8))
-    modulation = [(torch.zeros(2, 64, requires_grad=True), torch.zeros(2, 64, requires_grad=True))
-                  for _ in range(2)]
+    modulation = [
+        (torch.zeros(2, 64, requires_grad=True), torch.zeros(2, 64, requires_grad=True))
+        for _ in range(2)
+    ]
 
     def gradients():
         model.zero_grad(set_to_none=True)
@@ -316,8 +362,9 @@ def test_bf16_forward_is_close_to_fp32(checkpoint):
 
 
 def test_build_tiny_backbone_and_pad_embedding():
-    model = build_tiny_backbone("Dream", vocab_size=100, mask_token_id=97, pad_token_id=98,
-                                eos_token_id=99)
+    model = build_tiny_backbone(
+        "Dream", vocab_size=100, mask_token_id=97, pad_token_id=98, eos_token_id=99
+    )
     assert isinstance(model, DreamModel) and model.config.bos_token_id == 99
     assert model.model.embed_tokens.padding_idx == 98  # as in the official code
     assert torch.all(model.model.embed_tokens.weight[98] == 0)
@@ -337,22 +384,50 @@ def test_dream_tokenizer_loads_without_remote_code(tmp_path):
     size = len(vocab)
 
     def added(content):
-        return {"content": content, "special": True, "lstrip": False, "rstrip": False,
-                "normalized": False, "single_word": False}
+        return {
+            "content": content,
+            "special": True,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+        }
 
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "DreamTokenizer",
-        "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
-        "added_tokens_decoder": {str(size): added("<|endoftext|>"), str(size + 1): added("<|mask|>")},
-        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>",
-        "bos_token": None, "errors": "replace",
-    }))
-    write_config = dict(DREAM_7B_CONFIG, vocab_size=size + 2, hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                        mask_token_id=size + 1, pad_token_id=size, eos_token_id=size)
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "DreamTokenizer",
+                "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+                "added_tokens_decoder": {
+                    str(size): added("<|endoftext|>"),
+                    str(size + 1): added("<|mask|>"),
+                },
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "mask_token": "<|mask|>",
+                "bos_token": None,
+                "errors": "replace",
+            }
+        )
+    )
+    write_config = dict(
+        DREAM_7B_CONFIG,
+        vocab_size=size + 2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mask_token_id=size + 1,
+        pad_token_id=size,
+        eos_token_id=size,
+    )
     (tmp_path / "config.json").write_text(json.dumps(write_config))
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     assert isinstance(tokenizer, DreamTokenizer)
     assert (tokenizer.mask_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (
-        size + 1, size, size)
+        size + 1,
+        size,
+        size,
+    )
     assert tokenizer("hello<|mask|>").input_ids == [vocab["hell"], vocab["o"], size + 1]

@@ -1,4 +1,4 @@
-"""Parity with Dream's official remote code (modeling_dream.py, generation_utils.py) on a tiny config.
+"""Parity with Dream's official remote code (modeling_dream.py, generation_utils.py), tiny config.
 
 The official files are kept out of the repository. Point ``RETROFIT_DREAM_OFFICIAL_DIR`` at a
 directory holding ``configuration_dream.py``, ``modeling_dream.py`` and ``generation_utils.py`` as
@@ -41,9 +41,19 @@ pytestmark = pytest.mark.skipif(
     "configuration_dream.py, modeling_dream.py and generation_utils.py (kept out of the repo)",
 )
 CONFIG_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "rope_theta", "rms_norm_eps", "max_position_embeddings",
-    "mask_token_id", "pad_token_id", "eos_token_id", "bos_token_id",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "rope_theta",
+    "rms_norm_eps",
+    "max_position_embeddings",
+    "mask_token_id",
+    "pad_token_id",
+    "eos_token_id",
+    "bos_token_id",
 )
 MASK, PAD = 126, 127
 
@@ -114,15 +124,19 @@ def test_logits_are_identical_in_fp32(models):
         padded = (ours - theirs)[left_mask].abs().max()
         theirs_2d = reference(input_ids, left_mask.long(), positions).logits
         padded_2d = (ours - theirs_2d)[left_mask].abs().max()
-    print(f"max |logit diff| fp32: no mask {plain.item()}, padding mask {padded.item()} "
-          f"(2-D mask {padded_2d.item()})")
+    print(
+        f"max |logit diff| fp32: no mask {plain.item()}, padding mask {padded.item()} "
+        f"(2-D mask {padded_2d.item()})"
+    )
     assert plain.item() == 0.0 and padded.item() == 0.0 and padded_2d.item() == 0.0
-    # Right padding (the retrofit layout) gives the same real-position logits as Dream's left padding.
+    # Right padding (the retrofit layout): the same real-position logits as Dream's left padding.
     right = torch.full_like(input_ids, PAD)
     for row, length in enumerate(lengths.tolist()):
         right[row, :length] = input_ids[row, 11 - length :]
     with torch.no_grad():
-        right_logits = native(right, attention_mask=torch.arange(11)[None] < lengths[:, None]).logits
+        right_logits = native(
+            right, attention_mask=torch.arange(11)[None] < lengths[:, None]
+        ).logits
     for row, length in enumerate(lengths.tolist()):
         assert torch.equal(right_logits[row, :length], theirs[row, 11 - length :])
 
@@ -154,21 +168,38 @@ def test_sampler_is_token_identical_to_diffusion_generate(
 ):
     _, reference = models
     prompts = torch.randint(0, 120, (3, 5), generator=torch.Generator().manual_seed(2))
-    settings = {"alg": alg, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                "alg_temp": alg_temp, "steps": 6}
+    settings = {
+        "alg": alg,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "alg_temp": alg_temp,
+        "steps": 6,
+    }
     torch.manual_seed(7)
     expected = reference.diffusion_generate(
-        prompts, generation_config=_generation_config(official), max_new_tokens=12,
-        return_dict_in_generate=True, **settings,
+        prompts,
+        generation_config=_generation_config(official),
+        max_new_tokens=12,
+        return_dict_in_generate=True,
+        **settings,
     ).sequences
-    result = dream_generate(wrapped, prompts.tolist(), gen_length=12, progress=False,
-                            generator=torch.Generator().manual_seed(7), **settings)
+    result = dream_generate(
+        wrapped,
+        prompts.tolist(),
+        gen_length=12,
+        progress=False,
+        generator=torch.Generator().manual_seed(7),
+        **settings,
+    )
     assert result.full_sequences == expected.tolist()
     assert len({token for row in result.sequences for token in row}) > 3  # not a degenerate run
 
 
-@pytest.mark.parametrize("alg, temperature, top_p, top_k, alg_temp",
-                         [setting for setting in SETTINGS if setting[4] is None])
+@pytest.mark.parametrize(
+    "alg, temperature, top_p, top_k, alg_temp",
+    [setting for setting in SETTINGS if setting[4] is None],
+)
 def test_sampler_matches_on_a_left_padded_official_batch(
     official, models, wrapped, alg, temperature, top_p, top_k, alg_temp
 ):
@@ -177,15 +208,24 @@ def test_sampler_matches_on_a_left_padded_official_batch(
     left = torch.full((3, 5), PAD)
     attention = torch.zeros(3, 5, dtype=torch.long)
     for index, row in enumerate(rows):
-        left[index, 5 - len(row):] = torch.tensor(row)
-        attention[index, 5 - len(row):] = 1
-    settings = {"alg": alg, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                "steps": 6}
+        left[index, 5 - len(row) :] = torch.tensor(row)
+        attention[index, 5 - len(row) :] = 1
+    settings = {"alg": alg, "temperature": temperature, "top_p": top_p, "top_k": top_k, "steps": 6}
     torch.manual_seed(11)
     expected = reference.diffusion_generate(
-        left, attention_mask=attention, generation_config=_generation_config(official),
-        max_new_tokens=12, return_dict_in_generate=True, **settings,
+        left,
+        attention_mask=attention,
+        generation_config=_generation_config(official),
+        max_new_tokens=12,
+        return_dict_in_generate=True,
+        **settings,
     ).sequences[:, 5:]
-    result = dream_generate(wrapped, rows, gen_length=12, progress=False,
-                            generator=torch.Generator().manual_seed(11), **settings)
+    result = dream_generate(
+        wrapped,
+        rows,
+        gen_length=12,
+        progress=False,
+        generator=torch.Generator().manual_seed(11),
+        **settings,
+    )
     assert result.sequences == expected.tolist()

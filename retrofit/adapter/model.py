@@ -197,8 +197,9 @@ def _check_backbone_boundary(spec: AdapterSpec, backbone: PreTrainedModel) -> No
     declared = int(getattr(backbone, "logit_shift", 0))
     if boundary.logit_shift != declared:
         raise ValueError(
-            f"{source}: backbone.logit_shift is {boundary.logit_shift} but {type(backbone).__name__}"
-            f" predicts token i at position i - {declared} (logit_shift {declared}); fix the spec"
+            f"{source}: backbone.logit_shift is {boundary.logit_shift} but "
+            f"{type(backbone).__name__} predicts token i at position i - {declared} "
+            f"(logit_shift {declared}); fix the spec"
         )
 
 

@@ -519,7 +519,8 @@ class RetrofitConfig:
             raise ValueError(f"retrofit config: 'kind' must be one of {KINDS}, got {self.kind!r}")
         if self.logit_shift not in LOGIT_SHIFTS:
             raise ValueError(
-                f"retrofit config: 'logit_shift' must be one of {LOGIT_SHIFTS}, got {self.logit_shift}"
+                f"retrofit config: 'logit_shift' must be one of {LOGIT_SHIFTS}, "
+                f"got {self.logit_shift}"
             )
         if self.weights not in ("adapter", "full"):
             raise ValueError(

@@ -3,8 +3,8 @@
 Importing this package registers model_types ``"llada"`` and ``"Dream"`` with ``AutoConfig``,
 ``AutoModel`` and ``AutoModelForMaskedLM`` (and Dream's tokenizer with ``AutoTokenizer``), so
 official LLaDA and Dream checkpoints (whose ``config.json`` points ``auto_map`` at remote code)
-load with ``AutoModel.from_pretrained(path)``: no ``trust_remote_code``, no network. :func:`build_tiny_backbone` builds a small random model of
-either family (tests, CPU recipes).
+load with ``AutoModel.from_pretrained(path)``: no ``trust_remote_code``, no network.
+:func:`build_tiny_backbone` builds a small random model of either family (tests, CPU recipes).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ for _config_class, _model_class in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, D
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     AutoModelForMaskedLM.register(_config_class, _model_class, exist_ok=True)
-# Dream's tokenizer_config.json names DreamTokenizer (remote code): the local class of that name wins.
+# Dream's tokenizer_config.json names DreamTokenizer (remote code): the local class wins.
 AutoTokenizer.register(DreamConfig, tokenizer_class=DreamTokenizer, exist_ok=True)
 
 

@@ -5,8 +5,8 @@ Qwen2-style ``config.json`` whose ``model_type`` is ``"Dream"`` (capital D) and 
 points at remote code; this class reads that file as is. The defaults are Dream-7B's, so
 ``DreamConfig()`` describes the 7B model (7,615,616,512 parameters). The official remote-code class
 has other defaults (vocabulary 151,936, width 4096, 32 layers, RoPE theta 1e4), so a checkpoint
-``config.json`` lacking a key that decides the architecture is refused (``REQUIRED_CHECKPOINT_KEYS``)
-rather than filled with the 7B value; variants this implementation does not have (sliding-window
+``config.json`` lacking a key that decides the architecture is refused
+(``DREAM_REQUIRED_CHECKPOINT_KEYS``) rather than filled with the 7B value; variants this implementation does not have (sliding-window
 attention, RoPE scaling, tied embeddings, another activation) are refused with a ``ValueError``.
 """
 
@@ -84,8 +84,8 @@ class DreamConfig(PreTrainedConfig):
         rope_scaling = kwargs.pop("rope_scaling", None)
         if rope_scaling is not None:
             raise ValueError(
-                f"Unsupported Dream config: rope_scaling={rope_scaling!r}; the native Dream implements "
-                "plain RoPE only (Dream-7B's config.json has rope_scaling: null)."
+                f"Unsupported Dream config: rope_scaling={rope_scaling!r}; the native Dream "
+                "implements plain RoPE only (Dream-7B's config.json has rope_scaling: null)."
             )
         super().__post_init__(**kwargs)
         if self.num_key_value_heads is None:  # the remote code's rule
@@ -105,7 +105,9 @@ class DreamConfig(PreTrainedConfig):
         if self.use_sliding_window:
             problems.append("use_sliding_window=True: sliding-window attention is not supported")
         if self.tie_word_embeddings:
-            problems.append("tie_word_embeddings=True: Dream's lm_head is untied; tying is not supported")
+            problems.append(
+                "tie_word_embeddings=True: Dream's lm_head is untied; tying is not supported"
+            )
         for name in (
             "vocab_size",
             "hidden_size",

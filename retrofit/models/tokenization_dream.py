@@ -5,7 +5,7 @@ Dream checkpoints name ``tokenizer_class: DreamTokenizer`` with an ``auto_map`` 
 ``vocab.json`` + ``merges.txt``, ``<|endoftext|>`` as unk/eos/pad, no BOS) under another name, with
 Dream's added tokens (``<|mask|>`` = 151666, ...) read from ``tokenizer_config.json``. Registering
 this subclass under the same name lets ``AutoTokenizer.from_pretrained`` load Dream tokenizers
-without ``trust_remote_code``, as the native :class:`~retrofit.models.DreamModel` does for the model.
+without ``trust_remote_code``, as :class:`~retrofit.models.DreamModel` does for the model.
 """
 
 from __future__ import annotations
