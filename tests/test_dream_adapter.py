@@ -199,6 +199,9 @@ def test_trainable_parameter_counts_at_7b_shape():
 def test_save_load_and_merge_round_trip(trained_checkpoint, tmp_path):
     model, directory = trained_checkpoint
     config = RetrofitConfig.load(directory)
+    # Configs written before the shift was recorded (format <= 2) are LLaDA's: shift 0.
+    legacy = {key: value for key, value in config.to_dict().items() if key != "logit_shift"}
+    assert RetrofitConfig.from_dict({**legacy, "format_version": 2}).logit_shift == 0
     assert config.logit_shift == 1 and config.conditioned_norms == [
         "input_layernorm",
         "post_attention_layernorm",

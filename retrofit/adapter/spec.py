@@ -35,7 +35,9 @@ LOGIT_SHIFTS = (0, 1)
 # Version of the on-disk layout of retrofit_config.json; bump on incompatible changes.
 # 2: bos_token_id and stop_token_ids recorded (format 1 checkpoints load; their readers derive
 # those two from the checkpoint's tokenizer, see retrofit.special_ids.SpecialIds.from_legacy_config).
-CONFIG_FORMAT_VERSION = 2
+# 3: logit_shift recorded (absent in formats 1-2, whose checkpoints are all LLaDA: 0), so an older
+# retrofit refuses a Dream checkpoint with "upgrade" instead of reading its logits misaligned.
+CONFIG_FORMAT_VERSION = 3
 
 
 def adapters_dir() -> Path:
