@@ -274,9 +274,11 @@ def build_tokenizer(cfg: TrainConfig) -> PreTrainedTokenizerBase:
 def _tiny_base(
     cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
 ) -> str:
-    """Build (once, on the main process) a random tiny LLaDA sized to the tokenizer and save it under
-    ``output_dir/tiny-random-base`` so that checkpoints can name a base model that exists."""
-    from retrofit.models import LLaDAModelLM, tiny_llada_config
+    """Build (once, on the main process) a random tiny backbone of the adapter spec's family (LLaDA
+    or Dream) sized to the tokenizer and save it under ``output_dir/tiny-random-base`` so that
+    checkpoints can name a base model that exists."""
+    from retrofit.adapter import AdapterSpec
+    from retrofit.models import build_tiny_backbone
     from retrofit.tokenization import resolve_special_ids
 
     base_dir = Path(cfg.output_dir) / "tiny-random-base"
@@ -292,7 +294,8 @@ def _tiny_base(
     if accelerator.is_main_process and not config_file.is_file():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.training.seed)
-            backbone = LLaDAModelLM(tiny_llada_config(**overrides))
+            model_type = AdapterSpec.load(cfg.model.adapter).backbone.model_type
+            backbone = build_tiny_backbone(model_type, **overrides)
         tmp_dir = base_dir.with_name(base_dir.name + ".tmp")
         shutil.rmtree(tmp_dir, ignore_errors=True)
         backbone.save_pretrained(tmp_dir)

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from retrofit.models import (
     SUPPORTED_BACKBONES,
+    DreamModel,
     LLaDAConfig,
     LLaDAModelLM,
     LLaDARMSNorm,
@@ -383,9 +384,12 @@ def test_checkpoint_config_null_derived_keys_follow_original_semantics(tmp_path)
 
 def test_backbone_support():
     assert check_backbone_supported("llada") is LLaDAModelLM and "llada" in SUPPORTED_BACKBONES
+    # Dream is supported under its official (case-sensitive) model_type; the lowercase spelling
+    # is an error that names the right one.
+    assert check_backbone_supported("Dream") is DreamModel and "Dream" in SUPPORTED_BACKBONES
     with pytest.raises(
         ValueError,
-        match=r"backbone 'dream' is not supported yet: .*Dream.*151666.*supported: llada",
+        match=r"backbone 'dream' is not supported: .*151666.*'Dream'.*supported: llada, Dream",
     ):
         check_backbone_supported("dream")
     with pytest.raises(ValueError, match="supported: llada"):

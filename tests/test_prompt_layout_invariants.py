@@ -43,6 +43,14 @@ PAIRS = {
     "tiny/mdm-gsm8k.yaml": ["gsm8k"],
     "tiny/flexmdm-infill.yaml": ["humaneval-infill-single-line"],
     "tiny/mdm-infill.yaml": ["humaneval-infill-single-line"],
+    "dream-7b/gsm8k.yaml": ["gsm8k"],
+    "dream-7b/mdm-gsm8k.yaml": ["gsm8k"],
+    "dream-7b/code-infill.yaml": ["humaneval-infill-single-line", "humaneval-infill-multi-line",
+                                  "humaneval-infill-random-span"],
+    "dream-7b/mdm-code-infill.yaml": ["humaneval-infill-single-line", "humaneval-infill-multi-line",
+                                      "humaneval-infill-random-span"],
+    "tiny/flexmdm-dream-gsm8k.yaml": ["gsm8k"],
+    "tiny/mdm-dream-gsm8k.yaml": ["gsm8k"],
 }
 INSTRUCTION = "Complete the following Python function."
 

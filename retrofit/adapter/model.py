@@ -13,6 +13,19 @@ explicit ``lengths (B,)``::
 Slot j < l reads the hidden state of position j (the gap just before token j); the trailing slot l
 reads the appended slot position. ``kind: mdm`` is the plain backbone (+ LoRA) with the same
 explicit-length masking and no slot, time or head.
+
+**Logit shift** (``RetrofitConfig.logit_shift`` = the spec's ``backbone.logit_shift``). Some
+backbones keep an autoregressive alignment: Dream's logits at position i - 1 predict the token at
+i (``logit_shift = 1``), LLaDA's at i predict i (``0``). The forward pass returns *aligned* logits
+whatever the backbone: row j of ``logits`` is always the prediction for token j, read from hidden
+state ``max(j - shift, 0)`` (position 0 reuses its own state, as Dream's sampler does). Training
+losses and samplers consume these rows, so both use the same alignment by construction. The
+insertion head follows the same rule, "a hidden state speaks for the token after it": with shift
+s, slot j (the gap before token j) reads hidden state ``(j - s) mod (l + 1)``. For Dream that is
+position j - 1, the state that also predicts token j, so one state covers the region right after
+token j - 1 (the next token and how many tokens are missing there); the trailing slot l reads the
+last token's state, and slot 0 (before the first token, in practice inside the prompt) wraps
+around to the appended slot position. With s = 0 this is the LLaDA layout above, unchanged.
 """
 
 from __future__ import annotations
@@ -144,9 +157,50 @@ def _resolve_special_ids(spec: AdapterSpec, backbone: PreTrainedModel, tokenizer
 
 
 def _shape_of(backbone: PreTrainedModel) -> tuple[int, int, int]:
-    """(d_model, n_layers, vocab_size) of a backbone config."""
+    """(d_model, n_layers, vocab_size) of a backbone config (standard transformers names, which
+    every native config provides, LLaDA's through its ``attribute_map``)."""
     config = backbone.config
-    return int(config.d_model), int(config.n_layers), int(config.vocab_size)
+    return int(config.hidden_size), int(config.num_hidden_layers), int(config.vocab_size)
+
+
+def _check_backbone_boundary(spec: AdapterSpec, backbone: PreTrainedModel) -> None:
+    """The spec's ``backbone`` section must describe ``backbone``: its block list (one block per
+    layer, each with the conditioned norms), its LM head and its logit alignment."""
+    boundary, source = spec.backbone, spec.source
+    model_type = backbone.config.model_type
+    n_layers = _shape_of(backbone)[1]
+    try:
+        blocks = backbone.get_submodule(boundary.layers)
+    except AttributeError:
+        blocks = None
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) != n_layers:
+        raise ValueError(
+            f"{source}: backbone.layers '{boundary.layers}' is not the list of the {n_layers} "
+            f"blocks of the {model_type} backbone (LLaDA: model.transformer.blocks, Dream: "
+            "model.layers)"
+        )
+    for norm in spec.time_conditioning.norms:
+        if not all(hasattr(block, norm) for block in blocks):
+            raise ValueError(
+                f"{source}: time_conditioning.norms names '{norm}', which the backbone's "
+                f"blocks do not have"
+            )
+    try:
+        head = backbone.get_submodule(boundary.lm_head)
+    except AttributeError:
+        head = None
+    if head is None or head is not backbone.get_output_embeddings():
+        raise ValueError(
+            f"{source}: backbone.lm_head '{boundary.lm_head}' is not the LM head of the "
+            f"{model_type} backbone (LLaDA: model.transformer.ff_out, Dream: lm_head)"
+        )
+    declared = int(getattr(backbone, "logit_shift", 0))
+    if boundary.logit_shift != declared:
+        raise ValueError(
+            f"{source}: backbone.logit_shift is {boundary.logit_shift} but "
+            f"{type(backbone).__name__} predicts token i at position i - {declared} "
+            f"(logit_shift {declared}); fix the spec"
+        )
 
 
 def _attach_lora(backbone: PreTrainedModel, lora_config: Any) -> nn.Module:
@@ -480,7 +534,7 @@ class FlexMDM(nn.Module):
             return_logits=False,
         )
         hidden = output.last_hidden_state  # (B, L(+1), d)
-        token_hidden = hidden[:, :seq_len]  # (B, L, d)
+        token_hidden = self._token_hidden(hidden, seq_len)  # (B, L, d)
         if logits_positions is not None:
             token_hidden = token_hidden[logits_positions.to(hidden.device)]  # (N, d)
         logits = self.lm.get_output_embeddings()(token_hidden)  # (B, L, V) or (N, V)
@@ -488,11 +542,31 @@ class FlexMDM(nn.Module):
         gaps = None
         if self.insertion_head is not None:
             assert lengths is not None
-            gaps = self.insertion_head(hidden)  # (B, L+1)
+            gaps = self._slot_gaps(self.insertion_head(hidden), lengths)  # (B, L+1)
             slots = torch.arange(seq_len + 1, device=gaps.device)
             valid = slots[None, :] <= lengths.to(gaps.device)[:, None]  # (B, L+1) slots 0..l
             gaps = torch.where(valid, gaps, torch.zeros((), dtype=gaps.dtype, device=gaps.device))
         return FlexMDMOutput(logits=logits, gaps=gaps)
+
+    def _token_hidden(self, hidden: Tensor, seq_len: int) -> Tensor:
+        """The hidden state that predicts each token: ``(B, S, d) -> (B, L, d)``, row j read at
+        ``max(j - logit_shift, 0)`` (see the module docstring)."""
+        shift = self.config.logit_shift
+        if shift == 0:
+            return hidden[:, :seq_len]
+        readers = (torch.arange(seq_len, device=hidden.device) - shift).clamp_min(0)  # (L,)
+        return hidden[:, readers]
+
+    def _slot_gaps(self, position_gaps: Tensor, lengths: Tensor) -> Tensor:
+        """Gaps per slot from the head's output per position: ``(B, L+1) -> (B, L+1)``, slot j read
+        at position ``(j - logit_shift) mod (lengths + 1)`` (see the module docstring)."""
+        shift = self.config.logit_shift
+        if shift == 0:
+            return position_gaps
+        slots = torch.arange(position_gaps.shape[1], device=position_gaps.device)  # (L+1,)
+        modulus = (lengths.to(position_gaps.device, torch.long) + 1)[:, None]  # (B, 1)
+        readers = torch.remainder(slots[None, :] - shift, modulus)  # (B, L+1)
+        return position_gaps.gather(1, readers)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -578,13 +652,7 @@ class FlexMDM(nn.Module):
 
         special_ids = _resolve_special_ids(spec, backbone, tokenizer)
         d_model, n_layers, vocab_size = _shape_of(backbone)
-        blocks = getattr(backbone, "blocks", None)
-        for norm in spec.time_conditioning.norms:
-            if blocks is None or not all(hasattr(block, norm) for block in blocks):
-                raise ValueError(
-                    f"{spec.source}: time_conditioning.norms names '{norm}', which the backbone's "
-                    f"blocks do not have"
-                )
+        _check_backbone_boundary(spec, backbone)
         lora_settings = None
         if spec.lora is not None:
             lora_settings = dataclasses.asdict(spec.lora)
@@ -629,6 +697,7 @@ class FlexMDM(nn.Module):
             merged=False,
             spec_name=spec.name,
             base_fingerprint=fingerprint,
+            logit_shift=spec.backbone.logit_shift,
             retrofit_version=RETROFIT_VERSION,
         )
         if lora_settings is not None:

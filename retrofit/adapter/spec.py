@@ -26,12 +26,18 @@ from retrofit import __version__ as RETROFIT_VERSION
 from retrofit.schedules import get_schedule
 
 KINDS = ("flexmdm", "mdm")
-# The norms the native backbones can modulate; the backbone applies one (scale, shift) to both.
+# The norms of each LLaDA block (the default backbone); the backbone applies one (scale, shift) to
+# both. Other families name theirs in the spec's ``backbone.conditionable_norms``.
 CONDITIONABLE_NORMS = ("attn_norm", "ff_norm")
+# How many positions a backbone's logits lead its tokens by (``backbone.logit_shift``): 0 = the
+# logits at position i predict token i (LLaDA), 1 = token i is read at position i - 1 (Dream).
+LOGIT_SHIFTS = (0, 1)
 # Version of the on-disk layout of retrofit_config.json; bump on incompatible changes.
 # 2: bos_token_id and stop_token_ids recorded (format 1 checkpoints load; their readers derive
 # those two from the checkpoint's tokenizer, see retrofit.special_ids.SpecialIds.from_legacy_config).
-CONFIG_FORMAT_VERSION = 2
+# 3: logit_shift recorded (absent in formats 1-2, whose checkpoints are all LLaDA: 0), so an older
+# retrofit refuses a Dream checkpoint with "upgrade" instead of reading its logits misaligned.
+CONFIG_FORMAT_VERSION = 3
 
 
 def adapters_dir() -> Path:
@@ -153,11 +159,25 @@ def _schedule_spec_string(value: str | dict) -> str:
 
 @dataclass
 class BackboneSpec:
-    """Which backbone family the spec applies to, and the default checkpoint to retrofit."""
+    """Which backbone family the spec applies to, the default checkpoint, and its boundary.
+
+    The boundary names what the adapter touches, as module paths inside the backbone model (peft's
+    naming): ``layers`` the block list (block i receives modulation entry i),
+    ``conditionable_norms`` the norms of each block whose outputs the (scale, shift) modulates
+    (``time_conditioning.norms`` must list the same), ``lm_head`` the output projection (it must be
+    the model's ``get_output_embeddings()``). ``logit_shift`` is how far the backbone's
+    predictions lead its positions (0: LLaDA; 1: Dream, whose logits at i - 1 predict token i);
+    the adapter reads every token's logits and every slot's gap with that alignment (see
+    ``retrofit.adapter.model``), so training and sampling agree. The defaults are LLaDA's.
+    """
 
     model_type: str = "llada"
     name_or_path: str | None = None  # default base model (Hub id or local dir)
     revision: str | None = None
+    layers: str = "model.transformer.blocks"
+    conditionable_norms: list[str] = field(default_factory=lambda: list(CONDITIONABLE_NORMS))
+    lm_head: str = "model.transformer.ff_out"
+    logit_shift: int = 0
 
 
 @dataclass
@@ -376,10 +396,16 @@ class AdapterSpec:
             raise ValueError(
                 f"{where}: 'time_conditioning.group_size' must be >= 1, got {tc.group_size}"
             )
-        if sorted(tc.norms) != sorted(CONDITIONABLE_NORMS):
+        backbone_norms = self.backbone.conditionable_norms
+        if sorted(tc.norms) != sorted(backbone_norms):
             raise ValueError(
-                f"{where}: 'time_conditioning.norms' must list both {list(CONDITIONABLE_NORMS)} "
+                f"{where}: 'time_conditioning.norms' must list both {list(backbone_norms)} "
                 f"(the backbone applies each block's (scale, shift) to both norms), got {tc.norms}"
+            )
+        if self.backbone.logit_shift not in LOGIT_SHIFTS:
+            raise ValueError(
+                f"{where}: 'backbone.logit_shift' must be 0 (LLaDA) or 1 (Dream), got "
+                f"{self.backbone.logit_shift}"
             )
         if tc.embedding_dim is not None and tc.embedding_dim < 2:
             raise ValueError(f"{where}: 'time_conditioning.embedding_dim' must be >= 2 or null")
@@ -438,7 +464,9 @@ def _section_class(annotation: Any) -> type | None:
 class RetrofitConfig:
     """Everything needed to rebuild a retrofitted model around its backbone weights.
 
-    ``weights`` says where the backbone weights live: ``"adapter"`` = load ``base_model`` at
+    ``logit_shift`` is the backbone's logit alignment (``backbone.logit_shift`` of the spec; 0 for
+    checkpoints written before it was recorded, which were all LLaDA). ``weights`` says where the
+    backbone weights live: ``"adapter"`` = load ``base_model`` at
     ``base_revision`` and apply the peft adapter stored next to this file; ``"full"`` = the
     checkpoint directory itself holds complete backbone weights (full fine-tuning or a merged
     export, ``merged`` true for the latter). ``lora`` records the LoRA settings used in training.
@@ -482,6 +510,7 @@ class RetrofitConfig:
     prompt_layout: dict | None = None
     bos_token_id: int | None = None
     stop_token_ids: list[int] | None = None
+    logit_shift: int = 0
     retrofit_version: str = RETROFIT_VERSION
     format_version: int = CONFIG_FORMAT_VERSION
 
@@ -490,6 +519,11 @@ class RetrofitConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"retrofit config: 'kind' must be one of {KINDS}, got {self.kind!r}")
+        if self.logit_shift not in LOGIT_SHIFTS:
+            raise ValueError(
+                f"retrofit config: 'logit_shift' must be one of {LOGIT_SHIFTS}, "
+                f"got {self.logit_shift}"
+            )
         if self.weights not in ("adapter", "full"):
             raise ValueError(
                 f"retrofit config: 'weights' must be 'adapter' or 'full', got {self.weights!r}"
