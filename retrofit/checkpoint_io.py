@@ -17,7 +17,35 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["BACKBONE_FILE_PATTERNS", "is_hub_id", "resolve_checkpoint"]
+__all__ = [
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_FILES",
+    "ADAPTER_WEIGHTS_FILE",
+    "BACKBONE_FILE_PATTERNS",
+    "CONFIG_FILE",
+    "NEW_MODULES_FILE",
+    "TOKENIZER_FILES",
+    "is_hub_id",
+    "resolve_checkpoint",
+]
+
+# The files of a retrofit checkpoint (names defined here once; every module imports them).
+CONFIG_FILE = "retrofit_config.json"
+NEW_MODULES_FILE = "flexmdm_modules.safetensors"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_FILES = (CONFIG_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, NEW_MODULES_FILE)
+# The files of a saved tokenizer (any of the first three means a checkpoint holds one).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 
 # Files a backbone needs from a Hub repo (config, safetensors weights, tokenizer, remote-code
 # modules): skips duplicate weight formats (.bin, .pth, .gguf, ...) that a repo may also carry.

@@ -53,7 +53,13 @@ from typing import Any, Literal
 
 import yaml
 
-from retrofit.checkpoint_io import is_hub_id, resolve_checkpoint
+from retrofit.checkpoint_io import (
+    ADAPTER_FILES,
+    CONFIG_FILE,
+    TOKENIZER_FILES,
+    is_hub_id,
+    resolve_checkpoint,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -72,7 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "retrofit_config.json"
 TRAIN_SUMMARY_FILE = "train_summary.json"  # written by retrofit.train at the end of a run
 TRAINER_STATE_FILE = "trainer_state.json"  # written into each intermediate checkpoint-N/
 RECIPE_FILE = "recipe.yaml"  # the resolved recipe retrofit.train saves in the run directory
@@ -82,7 +87,6 @@ DISTRIBUTION_NAME = "flexmdm-retrofit"
 USAGE_PROMPT = "Explain in one paragraph what a masked diffusion language model is."
 
 # The adapter checkpoint: what FlexMDM.save_pretrained writes besides the (frozen) base weights.
-ADAPTER_FILES = (CONFIG_FILE, "adapter_config.json", "adapter_model.safetensors", "flexmdm_modules.safetensors")
 # Backbone weights and config: uploaded only when they are trained (full fine-tune, merged export).
 BACKBONE_FILE_PATTERNS = (
     "config.json",
@@ -90,16 +94,6 @@ BACKBONE_FILE_PATTERNS = (
     "model.safetensors",
     "model.safetensors.index.json",
     "model-*-of-*.safetensors",
-)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
 )
 # Files a previous push of the other format may have left in the repo: removed unless re-uploaded.
 STALE_REMOTE_PATTERNS = list(ADAPTER_FILES + BACKBONE_FILE_PATTERNS + TOKENIZER_FILES)

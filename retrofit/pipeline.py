@@ -37,14 +37,13 @@ from typing import Any
 import torch
 
 from retrofit.adapter import FlexMDM
-from retrofit.adapter.checkpoint import resolve_checkpoint_dir
+from retrofit.adapter.checkpoint import TOKENIZER_FILES, resolve_checkpoint_dir
 from retrofit.prompt_layout import PromptLayout, encode_generation_inputs, encode_text
 from retrofit.sampling import flexmdm_generate, mdm_generate
 from retrofit.special_ids import SpecialIds, cut_at_stop
 
 __all__ = ["LONG_PROMPT_POLICIES", "Answer", "Pipeline", "Task", "load_tokenizer"]
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # What to do with a prompt that leaves no room for an answer within the model's max_length.
 LONG_PROMPT_POLICIES = ("error", "skip", "truncate-left")
 

@@ -10,11 +10,17 @@
 ``retrofit merge CHECKPOINT OUTPUT_DIR`` runs :func:`cli_main`.
 """
 
-from .checkpoint import atomic_directory
-from .model import (
+from .checkpoint import (
     ADAPTER_CONFIG_FILE,
+    ADAPTER_FILES,
     ADAPTER_WEIGHTS_FILE,
+    CONFIG_FILE,
     NEW_MODULES_FILE,
+    TOKENIZER_FILES,
+    CheckpointFileError,
+    atomic_directory,
+)
+from .model import (
     FlexMDM,
     FlexMDMOutput,
     cli_main,
@@ -35,11 +41,15 @@ from .spec import (
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
+    "ADAPTER_FILES",
     "ADAPTER_WEIGHTS_FILE",
+    "CONFIG_FILE",
     "NEW_MODULES_FILE",
+    "TOKENIZER_FILES",
     "AdapterSpec",
     "BackboneSpec",
     "BlockModulation",
+    "CheckpointFileError",
     "FlexMDM",
     "FlexMDMOutput",
     "HeadSpec",

@@ -1,4 +1,5 @@
-"""Checkpoint file handling: atomic directory writes, strict key checks, Hub resolution."""
+"""Checkpoint files: reading them with one-line errors, atomic directory writes, strict key
+checks, Hub resolution. The file names are defined once, in :mod:`retrofit.checkpoint_io`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,56 @@ from typing import Any
 
 import torch
 
-from retrofit.checkpoint_io import BACKBONE_FILE_PATTERNS, is_hub_id, resolve_checkpoint
+from retrofit.checkpoint_io import (  # noqa: F401 - the checkpoint file names, re-exported
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS_FILE,
+    BACKBONE_FILE_PATTERNS,
+    CONFIG_FILE,
+    NEW_MODULES_FILE,
+    TOKENIZER_FILES,
+    is_hub_id,
+    resolve_checkpoint,
+)
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that exists but cannot be read (truncated, empty, not the format)."""
+
+
+def read_json_file(path: str | os.PathLike, what: str) -> Any:
+    """The JSON content of ``path``; a damaged file is one :class:`CheckpointFileError` naming
+    ``file:line:column`` and what to do."""
+    import json
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise CheckpointFileError(
+            f"{path}:{error.lineno}:{error.colno}: {what} is not valid JSON ({error.msg}); the "
+            "checkpoint is damaged: save it again or download it again") from None
+    except UnicodeDecodeError:
+        raise CheckpointFileError(f"{path}: {what} is not UTF-8 text; the checkpoint is damaged") from None
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, empty or truncated file is one error naming
+    the file and what to do."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the checkpoint is incomplete (save it again)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        size = path.stat().st_size
+        raise CheckpointFileError(
+            f"{path} ({size:,} bytes) is truncated or not a safetensors file ({error}); the "
+            "checkpoint is damaged: save it again or download it again") from None
 
 
 @contextlib.contextmanager

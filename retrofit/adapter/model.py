@@ -31,7 +31,6 @@ around to the appended slot position. With s = 0 this is the LLaDA layout above,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -40,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -51,18 +51,21 @@ from retrofit.schedules import Schedule, get_schedule
 from retrofit.special_ids import SpecialIds, resolve_answer_ids, resolve_special_ids
 
 from .checkpoint import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    NEW_MODULES_FILE,
+    CheckpointFileError,
     atomic_directory,
     check_state_dict_keys,
     local_fingerprint,
+    read_json_file,
+    read_safetensors,
     resolve_backbone_dir,
     resolve_checkpoint_dir,
 )
 from .modules import BlockModulation, InsertionHead, TimeEmbedding
 from .spec import AdapterSpec, RetrofitConfig
 
-NEW_MODULES_FILE = "flexmdm_modules.safetensors"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 # peft wraps the backbone as PeftModel(base_model=LoraModel(model=backbone)).
 _PEFT_PREFIX = "base_model.model."
 _ADAPTER_NAME = "default"
@@ -108,7 +111,13 @@ def load_backbone(
     _check_model_type(model_type, expected_model_type, where=str(name_or_path))
     model_class = check_backbone_supported(model_type)
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
-    return model_class.from_pretrained(str(directory), config=config, **kwargs), commit
+    try:
+        return model_class.from_pretrained(str(directory), config=config, **kwargs), commit
+    except SafetensorError as error:
+        files = ", ".join(sorted(path.name for path in Path(directory).glob("*.safetensors")))
+        raise CheckpointFileError(
+            f"{directory}: a weight file ({files}) is truncated or not a safetensors file "
+            f"({error}); save the model again or download it again") from None
 
 
 def _check_model_type(model_type: str | None, expected: str | None, where: str) -> None:
@@ -920,9 +929,17 @@ class FlexMDM(nn.Module):
             rev = (
                 base_revision if base_model is not None else (base_revision or config.base_revision)
             )
-            backbone, _ = load_backbone(
-                base, revision=rev, dtype=dtype, expected_model_type=config.backbone_type
-            )
+            try:
+                backbone, _ = load_backbone(
+                    base, revision=rev, dtype=dtype, expected_model_type=config.backbone_type
+                )
+            except (FileNotFoundError, OSError) as error:
+                if base_model is not None:
+                    raise
+                raise FileNotFoundError(
+                    f"{checkpoint}: its base model {base} cannot be loaded ({error}); pass "
+                    "FlexMDM.from_pretrained(..., base_model=PATH_OR_HUB_ID) (--base-model)"
+                ) from None
             if (
                 base_model is None
                 and config.base_fingerprint is not None
@@ -966,7 +983,7 @@ class FlexMDM(nn.Module):
             return
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the checkpoint has no FlexMDM modules")
-        tensors = load_file(str(path))
+        tensors = read_safetensors(path)
         check_state_dict_keys(expected, tensors, what=str(path))
         for name, module in self.new_modules().items():
             prefix = name + "."
@@ -991,8 +1008,7 @@ def _load_lora(backbone: PreTrainedModel, directory: Path, config: RetrofitConfi
                 f"{path} is missing: the checkpoint's LoRA adapter is incomplete"
             )
     lora_config = LoraConfig.from_pretrained(str(directory))
-    with open(config_path, encoding="utf-8") as handle:
-        stored = json.load(handle)
+    stored = read_json_file(config_path, ADAPTER_CONFIG_FILE)
     recorded = config.lora or {}
     if recorded and (
         stored.get("r") != recorded.get("r")
@@ -1006,7 +1022,7 @@ def _load_lora(backbone: PreTrainedModel, directory: Path, config: RetrofitConfi
         )
     model = _attach_lora(backbone, lora_config)
     expected = get_peft_model_state_dict(model, save_embedding_layers=False)
-    tensors = load_file(str(weights_path))
+    tensors = read_safetensors(weights_path)
     check_state_dict_keys(expected, tensors, what=str(weights_path))
     result = set_peft_model_state_dict(model, tensors)
     unexpected = [key for key in getattr(result, "unexpected_keys", []) if ".lora_" in key]

@@ -23,6 +23,7 @@ from typing import Any, Union
 import yaml
 
 from retrofit import __version__ as RETROFIT_VERSION
+from retrofit.adapter.checkpoint import CONFIG_FILE, read_json_file
 from retrofit.schedules import get_schedule
 
 KINDS = ("flexmdm", "mdm")
@@ -514,7 +515,7 @@ class RetrofitConfig:
     retrofit_version: str = RETROFIT_VERSION
     format_version: int = CONFIG_FORMAT_VERSION
 
-    FILE_NAME: typing.ClassVar[str] = "retrofit_config.json"
+    FILE_NAME: typing.ClassVar[str] = CONFIG_FILE
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -577,6 +578,8 @@ class RetrofitConfig:
                 f"{directory} is not a retrofit checkpoint: {cls.FILE_NAME} is missing "
                 f"(save one with FlexMDM.save_pretrained)"
             )
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_json_file(path, cls.FILE_NAME)
+        if not isinstance(data, dict):
+            raise ValueError(  # noqa: TRY004 - bad file content, not a bad argument
+                f"{path}: {cls.FILE_NAME} must hold a JSON object, got {type(data).__name__}")
         return cls.from_dict(data, source=str(path))

@@ -416,8 +416,8 @@ class ExampleStream:
             eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.special_eos_id = eos_token_id
         self._processor = _RecordProcessor(cfg, tokenizer, eos_token_id, mask_token_id)
-        self._records = load_records(cfg, tokenizer) if records is None else records
         self.stats = DataStats()
+        self._records = load_records(cfg, tokenizer, self.stats) if records is None else records
         self._epoch = 0
         self._records_consumed = 0
         self._pending: deque[dict[str, Any]] = deque()

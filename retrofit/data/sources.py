@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
+import gzip
 import itertools
+import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from retrofit.data.config import DEFAULT_FIELDS, DEFAULT_HUB_DATASETS, DataConfig
@@ -48,8 +52,14 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-def load_records(cfg: DataConfig, tokenizer: Any = None) -> Any:
+def load_records(cfg: DataConfig, tokenizer: Any = None, stats: Any = None) -> Any:
     """Load the raw records (no shuffling, sharding or tokenisation).
+
+    Local JSON-lines files are validated when ``datasets`` cannot read them: a line that is not
+    UTF-8, not valid JSON (a truncated last line too) or not a JSON object is handled by
+    ``cfg.on_bad_record`` before training starts: ``error`` stops with ``file:line`` and the
+    reason, ``skip`` / ``truncate`` skip it (counted in ``stats`` as ``bad_line``, one warning).
+    A local source without records is an error naming it.
 
     A ``cfg.mixture`` is loaded by :func:`load_mixture` (``tokenizer`` measures record lengths for
     token weights).
@@ -72,7 +82,7 @@ def load_records(cfg: DataConfig, tokenizer: Any = None) -> Any:
     import datasets
 
     if cfg.mixture is not None:
-        return load_mixture(cfg, tokenizer)
+        return load_mixture(cfg, tokenizer, stats)
     default_path, default_name = DEFAULT_HUB_DATASETS[cfg.kind]
     path = cfg.path if cfg.path is not None else default_path
     name = cfg.name
@@ -127,12 +137,7 @@ def load_records(cfg: DataConfig, tokenizer: Any = None) -> Any:
             )
         if builder == "text":
             kwargs["sample_by"] = cfg.text_sample_by
-        try:
-            records = datasets.load_dataset(builder, data_files={cfg.split: expanded}, **kwargs)
-        except Exception as exc:
-            if hasattr(exc, "add_note"):  # say which option pointed at the unreadable file
-                exc.add_note(f"while reading data.path={path!r} as {builder!r} files")
-            raise
+        records = _load_local(cfg, builder, expanded, kwargs, stats)
     else:
         if name is not None:
             kwargs["name"] = name
@@ -200,7 +205,7 @@ def mixture_probabilities(cfg: DataConfig, parts: Sequence[Any], tokenizer: Any)
     return [weight / total for weight in weights]
 
 
-def load_mixture(cfg: DataConfig, tokenizer: Any = None) -> Any:
+def load_mixture(cfg: DataConfig, tokenizer: Any = None, stats: Any = None) -> Any:
     """Every source of ``cfg.mixture`` loaded, its columns renamed to the kind's default column
     names, and interleaved by :func:`mixture_probabilities` with ``datasets.interleave_datasets``
     (seeded with ``cfg.seed``, "all_exhausted"). ``cfg.max_records`` keeps the first N records of
@@ -209,7 +214,7 @@ def load_mixture(cfg: DataConfig, tokenizer: Any = None) -> Any:
 
     parts = []
     for sub, _ in mixture_sources(cfg):
-        records = load_records(sub)
+        records = load_records(sub, stats=stats)
         renames = {sub.resolved_fields[role]: column for role, column in DEFAULT_FIELDS[cfg.kind].items()
                    if sub.resolved_fields[role] != column}
         if renames:
@@ -224,3 +229,84 @@ def load_mixture(cfg: DataConfig, tokenizer: Any = None) -> Any:
             return mixed.take(cfg.max_records)
         return mixed.select(range(min(cfg.max_records, len(mixed))))
     return mixed
+
+
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+
+
+def _load_local(cfg: DataConfig, builder: str, pattern: str, kwargs: dict[str, Any], stats: Any) -> Any:
+    """Local files through ``datasets``. JSON-lines files are first read line by line
+    (:func:`read_json_lines`): bad lines are handled by ``cfg.on_bad_record`` before training
+    starts, and a file with bad lines that are skipped becomes a dataset of its good records. Any
+    other failure is one ``ValueError`` naming the files."""
+    import datasets
+
+    from retrofit.data.examples import DataStats
+
+    files = sorted(glob.glob(pattern)) or [pattern]
+    if builder == "json" and all(f.lower().endswith(JSON_LINES_SUFFIXES) for f in files):
+        stats = stats if stats is not None else DataStats()
+        counted = stats.num_skipped
+        rows = [row for path in files for row in read_json_lines(path, cfg.on_bad_record, stats)]
+        if not rows:
+            raise ValueError(f"data.path={cfg.path!r}: no records in {', '.join(files)}")
+        if stats.num_skipped > counted:  # bad lines were skipped
+            records = datasets.Dataset.from_list(rows)
+            return records.to_iterable_dataset() if cfg.streaming else records
+    try:
+        records = datasets.load_dataset(builder, data_files={cfg.split: pattern}, **kwargs)
+    except Exception as error:  # noqa: BLE001 - datasets / pyarrow raise many types: one line instead
+        cause = error.__cause__ or error
+        reason = (str(cause).splitlines() or [""])[0]
+        raise ValueError(f"data.path={cfg.path!r}: could not read {', '.join(files)} as {builder} "
+                         f"files ({type(cause).__name__}: {reason})") from None
+    if not cfg.streaming and len(records) == 0:
+        raise ValueError(f"data.path={cfg.path!r}: no records in {', '.join(files)}")
+    return records
+
+
+def read_json_lines(path: str, policy: str, stats: Any = None) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (``.gz`` too), one per non-blank line.
+
+    A bad line (not UTF-8, not valid JSON -- a cut last line included -- or not an object) raises
+    ``BadRecordError`` naming ``file:line`` under ``policy == "error"``; otherwise it is skipped,
+    counted in ``stats`` (``bad_line``) and reported in one warning per file.
+    """
+    from retrofit.data.examples import BadRecordError
+
+    opener = gzip.open if path.endswith(".gz") else open
+    skipped: list[str] = []
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            record, reason = _parse_line(raw)
+            if reason is None and record is None:
+                continue  # blank line
+            if reason is None:
+                yield record
+                continue
+            if policy == "error":
+                raise BadRecordError(f"{path}:{number}: {reason} (data.on_bad_record: skip skips it)")
+            skipped.append(f"line {number}: {reason}")
+            if stats is not None:
+                stats.skip("bad_line")
+    if skipped:
+        warnings.warn(f"data: skipped {len(skipped)} bad line(s) of {path} ({'; '.join(skipped[:3])}"
+                      + ("; ..." if len(skipped) > 3 else "") + ")", stacklevel=2)
+
+
+def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a JSON object, (None, reason) for a bad line, (None, None) for a blank."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not UTF-8 (byte {error.start} of the line)"
+    if not text.strip():
+        return None, None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        cut = "" if raw.endswith(b"\n") else "a truncated last line: "
+        return None, f"{cut}not valid JSON ({error.msg})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not an object"
+    return record, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from retrofit.adapter.checkpoint import CONFIG_FILE
 from retrofit.evaluation.benchmarks import EvalTask, Generation
 from retrofit.evaluation.results import sample_stream_id
 from retrofit.evaluation.specs import EvalSpec
@@ -62,7 +63,7 @@ class ModelGenerator:
         from retrofit.checkpoint_io import is_hub_id
 
         directory = self.pipeline.checkpoint_dir(self.model_id, self.revision)
-        config_file = directory / "retrofit_config.json"
+        config_file = directory / CONFIG_FILE
         digest = hashlib.sha256(config_file.read_bytes()).hexdigest() if config_file.is_file() else None
         # A local checkpoint is recorded by absolute path, so that results read later from another
         # working directory (e.g. a Hub model card) still name the right checkpoint.
