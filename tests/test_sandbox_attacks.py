@@ -200,8 +200,8 @@ _FORGER = textwrap.dedent("""
             token = frame.f_locals['token']
         frame = frame.f_back
     assert token is not None
-    forged = [b'ready', b'error forged setup failure', b'SandboxSetupError setup ' + token + b' forged',
-              token + b' error forged']
+    forged = [b'SandboxSetupError setup ' + token + b' forged', b'error forged setup failure',
+              b'ready', token + b' error forged']
     for fd in range(3, 64):
         for message in forged:
             try:
@@ -310,7 +310,8 @@ def test_memory_budget_covers_all_processes():
         assert total >= 4 * 200, 'could not hold 800 MiB'
         """)
     result = sandbox.run(program)
-    _record("aggregate memory: program + 3 children x 200 MiB, budget 256 MiB", result.verdict)
+    _record("aggregate memory: program + 3 children x 200 MiB, budget 256 MiB",
+            f"{result.verdict} ({result.stdout.strip()})")
     described = sandbox.isolation.describe()["memory_limit"]
     assert described["budget_bytes"] == budget
     assert not result.passed
@@ -359,23 +360,27 @@ def test_cli_output_deletion_and_secrets(victim, tmp_path):
     """Through `retrofit eval`: programs go for the eval's own --output, --data, the token, the
     checkpoint; every one fails, the run finishes and writes its results, nothing changed."""
     output = tmp_path / "out"
-    attacks = [f"__import__('shutil').rmtree({str(output)!r})",
-               f"print(open({str(victim.token)!r}).read())",
-               f"__import__('shutil').rmtree({str(DATA)!r}); __import__('os').listdir({str(victim.data)!r})",
-               f"open({str(victim.bashrc)!r}, 'a').write('evil'); __import__('shutil').rmtree("
-               f"{str(victim.checkpoint)!r})"]
-    completions = _completions(tmp_path / "completions.jsonl", attacks)
+    attacks = {
+        "delete its own --output": f"__import__('shutil').rmtree({str(output)!r})",
+        "read the HF token": f"print(open({str(victim.token)!r}).read())",
+        "delete --data, list the data": (f"__import__('shutil').rmtree({str(DATA)!r}); "
+                                         f"__import__('os').listdir({str(victim.data)!r})"),
+        "append to ~/.bashrc, delete the checkpoint": (
+            f"open({str(victim.bashrc)!r}, 'a').write('evil'); "
+            f"__import__('shutil').rmtree({str(victim.checkpoint)!r})"),
+    }
+    completions = _completions(tmp_path / "completions.jsonl", list(attacks.values()))
     before = _snapshot(*victim.roots(), DATA)
     cli = _start_cli(completions, output, tmp_path, len(attacks))
-    stdout, stderr = cli.communicate(timeout=120)
+    _, stderr = cli.communicate(timeout=120)
     assert cli.returncode == 0, stderr
     samples = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     summary = json.loads((output / "summary.json").read_text())
     assert [s["passed"] or s["raw_passed"] for s in samples] == [False] * len(attacks), samples
     assert summary["settings"]["sandbox"]["mechanism"] == "bubblewrap"
     assert _snapshot(*victim.roots(), DATA) == before
-    for sample in samples:
-        _record(f"CLI: {sample['task_id']} ({attacks[samples.index(sample)][:40]}...)", sample["raw_verdict"])
+    for name, sample in zip(attacks, samples):
+        _record(f"CLI: {name}", f"raw {sample['raw_verdict']}, normalised {sample['verdict']}")
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
@@ -439,7 +444,8 @@ def throwaway_user():
 
 
 def test_suite_as_unprivileged_user(throwaway_user):
-    """This whole file again, run by an ordinary user (runuser), attacking that user's own home."""
+    """This file and test_sandbox_lifecycle.py again, run by an ordinary user (runuser), attacking
+    that user's own home."""
     if os.environ.get("RETROFIT_SANDBOX_NESTED"):
         pytest.skip("already the nested run")
     shared = Path(tempfile.mkdtemp(prefix="retrofit-sbx-report-"))
@@ -452,7 +458,8 @@ def test_suite_as_unprivileged_user(throwaway_user):
                "RETROFIT_SANDBOX_NESTED": "1", "RETROFIT_SANDBOX_REPORT": str(report)}
         command = ["runuser", "-u", throwaway_user.pw_name, "--", "env", "-i",
                    *[f"{key}={value}" for key, value in env.items()], sys.executable, "-m", "pytest",
-                   "-q", "-p", "no:cacheprovider", str(Path(__file__))]
+                   "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                   str(Path(__file__).with_name("test_sandbox_lifecycle.py"))]
         done = subprocess.run(command, cwd=str(REPO), capture_output=True, text=True, timeout=300,
                               check=False)
         summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""

