@@ -90,6 +90,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--gen expects KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
             overrides[key.strip()] = _parse_value(value)
+        output = None
         rank, world_size = distributed_position()
         name = Path(str(args.model or args.completions)).name.replace(".jsonl", "")
         output = args.output or Path("results") / f"{spec.name}-{name}"
@@ -111,6 +112,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             num_samples=args.samples, workers=args.workers, progress=not args.no_progress,
             require_complete=args.require_complete,
         )
+    except KeyboardInterrupt:
+        print(f"retrofit eval: interrupted; the finished samples are kept in {output}: rerun the "
+              "same command to resume", file=sys.stderr)
+        return 130
     except (ValueError, KeyError, OSError, RuntimeError) as error:
         # OSError covers missing files and a checkpoint/tokenizer the Hub cannot serve offline.
         print(error_line("eval", error), file=sys.stderr)

@@ -102,5 +102,7 @@ def test_ctrl_c_is_one_line(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1] == "retrofit eval: interrupted"
+    assert stderr.strip().splitlines()[-1] == (
+        f"retrofit eval: interrupted; the finished samples are kept in {tmp_path / 'out'}: rerun the "
+        "same command to resume")
     assert "Traceback" not in stderr
