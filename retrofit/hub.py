@@ -647,6 +647,56 @@ def _usage_section(load_name: str, kind: str) -> list[str]:
     ]
 
 
+def _card_metadata(config: Mapping[str, Any], kind: str, model_name: str,
+                   eval_records: list[EvalRecord], datasets: list[str], *, is_full: bool) -> Any:
+    """The card's YAML front matter: base model, library, license, datasets, tags, eval results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base_model = config.get("base_model") if isinstance(config.get("base_model"), str) else None
+    base_revision = config.get("base_revision") if isinstance(config.get("base_revision"), str) else None
+    base_is_hub = bool(base_model) and is_hub_id(base_model)
+    tags = ["flexmdm" if kind == "flexmdm" else "mdm-baseline", "retrofit", "masked-diffusion",
+            "diffusion-language-model"]
+    if isinstance(config.get("lora"), Mapping) and not is_full:
+        tags.append("lora")
+    eval_results = [
+        EvalResult(task_type="text-generation", task_name="Text generation",
+                   dataset_type=item.dataset, dataset_name=item.benchmark, dataset_split=item.split,
+                   metric_type=item.metric, metric_name=item.metric, metric_value=item.value)
+        for item in eval_records
+    ]
+    return ModelCardData(
+        base_model=base_model if base_is_hub else None,
+        library_name=LIBRARY_NAME,
+        **_base_license(base_model, base_revision),
+        datasets=datasets or None,
+        tags=tags,
+        pipeline_tag="text-generation",
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+        base_model_relation=("finetune" if is_full else "adapter") if base_is_hub else None,
+    )
+
+
+def _card_intro(kind: str, base_model: str | None, *, is_full: bool) -> str:
+    """The card's first paragraph: what the model is, what it was retrofitted from, what it holds."""
+    base_is_hub = bool(base_model) and is_hub_id(base_model)
+    if base_is_hub:
+        base_text = f"[{base_model}](https://huggingface.co/{base_model})"
+    else:
+        base_text = f"`{_format_value(base_model)}`"
+    what = ("a FlexMDM (any-length masked diffusion: insertion + unmasking)" if kind == "flexmdm"
+            else "a masked diffusion model (MDM baseline)")
+    weights = ("It holds standalone weights." if is_full else
+               "It holds only the trained adapter (LoRA and the new time-conditioning and insertion "
+               "modules); the base model is downloaded when it is loaded.")
+    if not is_full and not base_is_hub:
+        weights += (" The base model was a local directory when this adapter was trained: load it with "
+                    "`FlexMDM.from_pretrained(..., base_model=PATH_OR_HUB_ID)`.")
+    return (f"This model is {what} retrofitted from {base_text} with "
+            f"[retrofit](https://pypi.org/project/{DISTRIBUTION_NAME}/). {weights}")
+
+
 def render_model_card(
     checkpoint_dir: str | os.PathLike,
     *,
@@ -673,7 +723,7 @@ def render_model_card(
         ``datasets``, ``model-index`` with the eval results) that ``huggingface_hub.ModelCard``
         parses. Every number in it comes from those files.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     checkpoint = Path(checkpoint_dir).expanduser().resolve()
     config = _read_retrofit_config(checkpoint)
@@ -687,56 +737,13 @@ def render_model_card(
 
     kind = str(config.get("kind", "flexmdm"))
     base_model = config.get("base_model") if isinstance(config.get("base_model"), str) else None
-    base_revision = config.get("base_revision") if isinstance(config.get("base_revision"), str) else None
-    base_is_hub = bool(base_model) and is_hub_id(base_model)
     is_full = merged or bool(config.get("merged")) or config.get("weights") == "full"
     model_name = repo_id.split("/")[-1] if repo_id else checkpoint.name
     load_name = repo_id or str(checkpoint)
 
-    tags = ["flexmdm" if kind == "flexmdm" else "mdm-baseline", "retrofit", "masked-diffusion",
-            "diffusion-language-model"]
-    if isinstance(config.get("lora"), Mapping) and not is_full:
-        tags.append("lora")
     datasets = _hub_datasets(record, recipe)
-    eval_results = [
-        EvalResult(
-            task_type="text-generation",
-            task_name="Text generation",
-            dataset_type=item.dataset,
-            dataset_name=item.benchmark,
-            dataset_split=item.split,
-            metric_type=item.metric,
-            metric_name=item.metric,
-            metric_value=item.value,
-        )
-        for item in eval_records
-    ]
-    card_data = ModelCardData(
-        base_model=base_model if base_is_hub else None,
-        library_name=LIBRARY_NAME,
-        **_base_license(base_model, base_revision),
-        datasets=datasets or None,
-        tags=tags,
-        pipeline_tag="text-generation",
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results or None,
-        base_model_relation=("finetune" if is_full else "adapter") if base_is_hub else None,
-    )
-
-    if base_is_hub:
-        base_text = f"[{base_model}](https://huggingface.co/{base_model})"
-    else:
-        base_text = f"`{_format_value(base_model)}`"
-    what = ("a FlexMDM (any-length masked diffusion: insertion + unmasking)" if kind == "flexmdm"
-            else "a masked diffusion model (MDM baseline)")
-    weights = ("It holds standalone weights." if is_full else
-               "It holds only the trained adapter (LoRA and the new time-conditioning and insertion "
-               "modules); the base model is downloaded when it is loaded.")
-    if not is_full and not base_is_hub:
-        weights += (" The base model was a local directory when this adapter was trained: load it with "
-                    "`FlexMDM.from_pretrained(..., base_model=PATH_OR_HUB_ID)`.")
-    intro = (f"This model is {what} retrofitted from {base_text} with "
-             f"[retrofit](https://pypi.org/project/{DISTRIBUTION_NAME}/). {weights}")
+    card_data = _card_metadata(config, kind, model_name, eval_records, datasets, is_full=is_full)
+    intro = _card_intro(kind, base_model, is_full=is_full)
     sections = [
         f"# {model_name}",
         "",
@@ -925,6 +932,73 @@ def check_push_access(
     return str(identity.get("name", ""))
 
 
+def _check_push_target(checkpoint: Path, config: Mapping[str, Any], repo_id: str, *, merged: bool) -> None:
+    """A valid repo id; a warning when the adapter's base model is a local directory that others
+    cannot download."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"invalid repo id {repo_id!r}: {error} (expected e.g. 'user/llada-flexmdm')") from error
+    base_model = config.get("base_model")
+    if not merged and config.get("weights") != "full" and isinstance(base_model, str) and not is_hub_id(base_model):
+        warnings.warn(
+            f"{checkpoint} is an adapter on the local base model {base_model!r}, which others cannot download: "
+            "they will need FlexMDM.from_pretrained(..., base_model=...). Push with merged=True (--merged) "
+            "for a standalone model.",
+            stacklevel=3,
+        )
+
+
+def _commit_folder(api: Any, repo_id: str, folder: Path, *, revision: str | None, private: bool,
+                   message: str) -> Any:
+    """Create the repo (and branch) if missing and upload ``folder`` as one commit, removing files
+    a push of the other format (adapter / merged) left behind."""
+    from huggingface_hub import constants
+
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision and revision != constants.DEFAULT_REVISION:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                             commit_message=message, delete_patterns=STALE_REMOTE_PATTERNS)
+
+
+def _authorised_api(token: str | None, repo_id: str, revision: str | None, action: str) -> tuple[Any, str, str]:
+    """(an ``HfApi`` with an accepted token, where the token came from, the target for messages);
+    offline mode or a rejected token is one clear error before anything is staged."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.is_offline_mode():
+        raise ConnectionError("offline mode is on (HF_HUB_OFFLINE=1): unset it to push to the Hub")
+    resolved_token, token_source = _resolve_token(token)
+    api = HfApi(token=resolved_token)
+    where = f"{api.endpoint}/{repo_id}" + (f" (branch {revision})" if revision else "")
+    _check_token_accepted(api, action, where, token_source)
+    return api, token_source, where
+
+
+def _stage_upload(checkpoint: Path, names: Sequence[str], staging: Path, *, merged: bool,
+                  verify: bool) -> None:
+    """Put the files to upload into ``staging``: the checkpoint's own files (linked), or a merged
+    export plus the tokenizer; with ``verify`` the staged set must load with
+    ``FlexMDM.from_pretrained`` (a file missing from the set fails here, not for the downloader)."""
+    if merged:
+        model = _load_for_check(checkpoint, f"checkpoint {checkpoint}")
+        model.merge_and_save(str(staging))
+        del model
+        # The export holds weights only; the tokenizer saved with the checkpoint goes along.
+        tokenizer_names = [name for name in names if name in TOKENIZER_FILES and not (staging / name).exists()]
+        _stage_files(checkpoint, tokenizer_names, staging)
+        if verify:
+            _load_for_check(staging, f"the merged export of {checkpoint}")
+        return
+    _stage_files(checkpoint, names, staging)
+    if verify:
+        _load_for_check(staging, f"checkpoint {checkpoint} (files: {', '.join(names)})")
+
+
 def push_checkpoint(
     checkpoint_dir: str | os.PathLike,
     repo_id: str,
@@ -970,50 +1044,17 @@ def push_checkpoint(
         ConnectionError: the network failed or offline mode is on; nothing was committed and the
             local files are unchanged.
     """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     checkpoint = Path(checkpoint_dir).expanduser().resolve()
     config = _read_retrofit_config(checkpoint)
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"invalid repo id {repo_id!r}: {error} (expected e.g. 'user/llada-flexmdm')") from error
+    _check_push_target(checkpoint, config, repo_id, merged=merged)
     names = checkpoint_files(checkpoint, config)
-    base_model = config.get("base_model")
-    if not merged and config.get("weights") != "full" and isinstance(base_model, str) and not is_hub_id(base_model):
-        warnings.warn(
-            f"{checkpoint} is an adapter on the local base model {base_model!r}, which others cannot download: "
-            "they will need FlexMDM.from_pretrained(..., base_model=...). Push with merged=True (--merged) "
-            "for a standalone model.",
-            stacklevel=2,
-        )
     api, token_source, where = None, "", repo_id
     if not dry_run:
-        if constants.is_offline_mode():
-            raise ConnectionError("offline mode is on (HF_HUB_OFFLINE=1): unset it to push to the Hub")
-        resolved_token, token_source = _resolve_token(token)
-        api = HfApi(token=resolved_token)
-        where = f"{api.endpoint}/{repo_id}" + (f" (branch {revision})" if revision else "")
-        _check_token_accepted(api, f"pushing {checkpoint}", where, token_source)
+        api, token_source, where = _authorised_api(token, repo_id, revision, f"pushing {checkpoint}")
 
     with tempfile.TemporaryDirectory(prefix="retrofit-push-") as temp:
         staging = Path(temp) / "upload"
-        if merged:
-            model = _load_for_check(checkpoint, f"checkpoint {checkpoint}")
-            model.merge_and_save(str(staging))
-            del model
-            # The export holds weights only; the tokenizer saved with the checkpoint goes along.
-            tokenizer_names = [name for name in names if name in TOKENIZER_FILES and not (staging / name).exists()]
-            _stage_files(checkpoint, tokenizer_names, staging)
-            if verify:
-                _load_for_check(staging, f"the merged export of {checkpoint}")
-        else:
-            _stage_files(checkpoint, names, staging)
-            if verify:
-                # Load exactly the files that will be uploaded: a file missing from the set fails here.
-                _load_for_check(staging, f"checkpoint {checkpoint} (files: {', '.join(names)})")
+        _stage_upload(checkpoint, names, staging, merged=merged, verify=verify)
         (staging / "README.md").write_text(
             render_model_card(checkpoint, repo_id=repo_id, merged=merged, eval_paths=eval_paths,
                               search_run_dir=search_run_dir),
@@ -1025,16 +1066,7 @@ def push_checkpoint(
 
         message = commit_message or f"Upload retrofit checkpoint {checkpoint.name}" + (" (merged)" if merged else "")
         with _hub_errors(f"pushing {checkpoint}", where, token_source):
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            if revision and revision != constants.DEFAULT_REVISION:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=staging,
-                revision=revision,
-                commit_message=message,
-                delete_patterns=STALE_REMOTE_PATTERNS,
-            )
+            commit = _commit_folder(api, repo_id, staging, revision=revision, private=private, message=message)
     logger.info("pushed %s to %s: %s", checkpoint, where, commit.commit_url)
     return commit.commit_url
 

@@ -301,6 +301,31 @@ def make_example(ids: list[int], protected: list[bool], prompt_length: int) -> d
     }
 
 
+def _psm_example(
+    tokenizer: Any, instruction: str, prefix: str, middle: str, suffix: str, *, psm_template: str,
+    chat_template: str | bool | None, response_suffix: str, eos: list[int],
+) -> dict[str, Any]:
+    """The MDM baseline's infilling example: the PSM prompt (protected) + middle (+ response
+    suffix) (+ EOS) as the response (see :func:`build_infill_example`)."""
+    pieces = _format_pieces(psm_template, instruction=instruction, prefix=prefix, suffix=suffix)
+    if _use_chat_template(tokenizer, chat_template):
+        text = "".join(text for text, _ in pieces)
+        prompt_ids = encode_prompt(tokenizer, text, chat_template=chat_template)
+    else:
+        prompt_ids = _plain_prompt_ids(tokenizer, [("user", pieces)])
+    middle_ids = encode_text(tokenizer, middle)
+    response = middle_ids + encode_text(tokenizer, response_suffix, parse_special_tokens=True)
+    response += eos
+    example = make_example(
+        prompt_ids + response,
+        [True] * len(prompt_ids) + [False] * len(response),
+        len(prompt_ids),
+    )
+    example["middle_start"] = len(prompt_ids)
+    example["middle_end"] = len(prompt_ids) + len(middle_ids)
+    return example
+
+
 def build_infill_example(
     tokenizer: Any,
     instruction: str,
@@ -340,23 +365,8 @@ def build_infill_example(
         raise ValueError(f"objective must be 'flexmdm' or 'mdm', got {objective!r}")
     eos = [eos_token_id] if eos_token_id is not None else []
     if objective == "mdm":
-        pieces = _format_pieces(psm_template, instruction=instruction, prefix=prefix, suffix=suffix)
-        if _use_chat_template(tokenizer, chat_template):
-            text = "".join(text for text, _ in pieces)
-            prompt_ids = encode_prompt(tokenizer, text, chat_template=chat_template)
-        else:
-            prompt_ids = _plain_prompt_ids(tokenizer, [("user", pieces)])
-        middle_ids = encode_text(tokenizer, middle)
-        response = middle_ids + encode_text(tokenizer, response_suffix, parse_special_tokens=True)
-        response += eos
-        example = make_example(
-            prompt_ids + response,
-            [True] * len(prompt_ids) + [False] * len(response),
-            len(prompt_ids),
-        )
-        example["middle_start"] = len(prompt_ids)
-        example["middle_end"] = len(prompt_ids) + len(middle_ids)
-        return example
+        return _psm_example(tokenizer, instruction, prefix, middle, suffix, psm_template=psm_template,
+                            chat_template=chat_template, response_suffix=response_suffix, eos=eos)
     start_marker, end_marker = markers
     # The same wrapper with or without an instruction (an empty user turn when there is none,
     # e.g. HumanEval infilling), as for the MDM's PSM prompt: training rows whose instruction was

@@ -247,6 +247,151 @@ def _lora_config_from_dict(settings: Mapping[str, Any]) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
+def _backbone_and_origin(
+    base: str | os.PathLike | PreTrainedModel, spec: AdapterSpec, *, revision: str | None,
+    dtype: torch.dtype | str | None,
+) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """The backbone and where it came from (``base_model``, ``base_revision``,
+    ``base_fingerprint`` as recorded in the checkpoint): loaded from a Hub id or local path, or
+    an instance used in place (cast to ``dtype``)."""
+    if isinstance(base, (str, os.PathLike)):
+        revision = revision if revision is not None else spec.backbone.revision
+        backbone, commit = load_backbone(
+            base, revision=revision, dtype=dtype, expected_model_type=spec.backbone.model_type
+        )
+        local = Path(base).is_dir()
+        return backbone, {
+            "base_model": str(Path(base).resolve()) if local else str(base),
+            "base_revision": commit or revision,  # pin the exact Hub commit when there is one
+            "base_fingerprint": local_fingerprint(base) if local and commit is None else None,
+        }
+    if not isinstance(base, PreTrainedModel):
+        raise TypeError(
+            f"base must be a Hub id, a local path or a PreTrainedModel, got {type(base).__name__}"
+        )
+    _check_model_type(
+        getattr(base.config, "model_type", None), spec.backbone.model_type, where=type(base).__name__
+    )
+    if dtype is not None:
+        base.to(dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype))
+    base_id = getattr(base, "name_or_path", None) or None  # "" for models built in code
+    local = base_id is not None and Path(base_id).is_dir()
+    if local:
+        base_id = str(Path(base_id).resolve())
+    # The commit the instance was loaded from beats a caller's label such as "main".
+    base_revision = getattr(base.config, "_commit_hash", None) or revision
+    fingerprint = local_fingerprint(base_id) if local and base_revision is None else None
+    return base, {"base_model": base_id, "base_revision": base_revision, "base_fingerprint": fingerprint}
+
+
+def _checkpoint_backbone(
+    checkpoint: str | os.PathLike, directory: Path, config: RetrofitConfig, *,
+    base_model: str | os.PathLike | PreTrainedModel | None, base_revision: str | None,
+    dtype: torch.dtype | str | None,
+) -> PreTrainedModel:
+    """The backbone a checkpoint needs: its own weights (``weights: full``), an instance given as
+    ``base_model``, or the recorded (or overriding) base model loaded from its path or Hub id."""
+    if config.weights == "full":
+        if base_model is not None:
+            raise ValueError(
+                f"{checkpoint} holds complete backbone weights (weights='full'); base_model "
+                "overrides apply to adapter checkpoints only"
+            )
+        return load_backbone(directory, dtype=dtype, expected_model_type=config.backbone_type)[0]
+    if isinstance(base_model, PreTrainedModel):
+        if dtype is not None:
+            base_model.to(dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype))
+        _check_model_type(
+            getattr(base_model.config, "model_type", None), config.backbone_type,
+            where=type(base_model).__name__,
+        )  # fmt: skip
+        return base_model
+    base = base_model if base_model is not None else config.base_model
+    if base is None:
+        raise ValueError(
+            f"{checkpoint}: retrofit_config.json records no base_model; pass "
+            "FlexMDM.from_pretrained(..., base_model='GSAI-ML/LLaDA-8B-Base')"
+        )
+    revision = base_revision if base_model is not None else (base_revision or config.base_revision)
+    try:
+        backbone, _ = load_backbone(
+            base, revision=revision, dtype=dtype, expected_model_type=config.backbone_type
+        )
+    except (FileNotFoundError, OSError) as error:
+        if base_model is not None:
+            raise
+        raise FileNotFoundError(
+            f"{checkpoint}: its base model {base} cannot be loaded ({error}); pass "
+            "FlexMDM.from_pretrained(..., base_model=PATH_OR_HUB_ID) (--base-model)"
+        ) from None
+    if (
+        base_model is None
+        and config.base_fingerprint is not None
+        and Path(str(base)).is_dir()
+        and local_fingerprint(base) != config.base_fingerprint
+    ):
+        warnings.warn(
+            f"the local base model {base} differs from the one {checkpoint} was trained on "
+            "(config.json or weight files changed since): outputs may not be the trained model's",
+            stacklevel=3,
+        )
+    return backbone
+
+
+def _check_lora_targets(spec: AdapterSpec, backbone: PreTrainedModel) -> None:
+    """Every LoRA target must name a module of the backbone (peft's matching rule)."""
+    if spec.lora is None:
+        return
+    missing = [name for name in spec.lora.target_modules if not _module_exists(backbone, name)]
+    if missing:
+        raise ValueError(
+            f"{spec.source}: lora.target_modules {missing} match no module of the "
+            f"{backbone.config.model_type} backbone (module names are matched like peft: "
+            f"exact name or '.'-suffix, e.g. 'q_proj', 'transformer.ff_out')"
+        )
+
+
+def _retrofit_config(
+    spec: AdapterSpec, backbone: PreTrainedModel, special_ids: SpecialIds, origin: dict[str, Any],
+    *, recorded_stops: bool,
+) -> RetrofitConfig:
+    """What a checkpoint records about a fresh retrofit (``recorded_stops``: the stop ids are
+    known, i.e. a tokenizer was given)."""
+    d_model, n_layers, vocab_size = _shape_of(backbone)
+    return RetrofitConfig(
+        kind=spec.kind,
+        backbone_type=backbone.config.model_type,
+        d_model=d_model,
+        n_layers=n_layers,
+        vocab_size=vocab_size,
+        mask_token_id=special_ids.mask,
+        pad_token_id=special_ids.pad,
+        eos_token_id=special_ids.eos,
+        slot_token_id=special_ids.slot,
+        bos_token_id=special_ids.bos,
+        stop_token_ids=sorted(special_ids.stop_ids) if recorded_stops else None,
+        insertion_schedule=get_schedule(spec.schedules.insertion).spec,
+        unmasking_schedule=get_schedule(spec.schedules.unmasking).spec,
+        head_scale=spec.head.scale,
+        head_init_gap=spec.head.init_gap,
+        group_size=spec.time_conditioning.group_size,
+        conditioned_norms=list(spec.time_conditioning.norms),
+        time_embedding_dim=spec.time_conditioning.embedding_dim or d_model,
+        time_mlp_ratio=spec.time_conditioning.mlp_ratio,
+        time_max_period=spec.time_conditioning.max_period,
+        time_scale=spec.time_conditioning.time_scale,
+        lora=dataclasses.asdict(spec.lora) if spec.lora is not None else None,
+        full_finetune=spec.full_finetune,
+        max_length=spec.max_length,
+        weights="adapter",
+        merged=False,
+        spec_name=spec.name,
+        logit_shift=spec.backbone.logit_shift,
+        retrofit_version=RETROFIT_VERSION,
+        **origin,
+    )
+
+
 class FlexMDM(nn.Module):
     """A retrofitted masked diffusion LM (``kind: flexmdm``) or its LoRA MDM baseline (``mdm``).
 
@@ -619,38 +764,7 @@ class FlexMDM(nn.Module):
                     f"no base model given and {spec.source} sets no backbone.name_or_path; pass "
                     "FlexMDM.retrofit(base='GSAI-ML/LLaDA-8B-Base', spec=...)"
                 )
-        if isinstance(base, (str, os.PathLike)):
-            revision = revision if revision is not None else spec.backbone.revision
-            backbone, commit = load_backbone(
-                base, revision=revision, dtype=dtype, expected_model_type=spec.backbone.model_type
-            )
-            local = Path(base).is_dir()
-            base_id = str(Path(base).resolve()) if local else str(base)
-            base_revision = commit or revision  # pin the exact Hub commit when there is one
-            fingerprint = local_fingerprint(base) if local and commit is None else None
-        elif isinstance(base, PreTrainedModel):
-            backbone = base
-            _check_model_type(
-                getattr(backbone.config, "model_type", None),
-                spec.backbone.model_type,
-                where=type(backbone).__name__,
-            )
-            if dtype is not None:
-                backbone.to(
-                    dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
-                )
-            base_id = getattr(backbone, "name_or_path", None) or None  # "" for models built in code
-            local = base_id is not None and Path(base_id).is_dir()
-            if local:
-                base_id = str(Path(base_id).resolve())
-            # The commit the instance was loaded from beats a caller's label such as "main".
-            base_revision = getattr(backbone.config, "_commit_hash", None) or revision
-            fingerprint = local_fingerprint(base_id) if local and base_revision is None else None
-        else:
-            raise TypeError(
-                f"base must be a Hub id, a local path or a PreTrainedModel, "
-                f"got {type(base).__name__}"
-            )
+        backbone, origin = _backbone_and_origin(base, spec, revision=revision, dtype=dtype)
         if (
             not hasattr(backbone, "get_output_embeddings")
             or backbone.get_output_embeddings() is None
@@ -658,57 +772,11 @@ class FlexMDM(nn.Module):
             raise ValueError(
                 f"backbone {type(backbone).__name__} has no LM head (get_output_embeddings)"
             )
-
         special_ids = _resolve_special_ids(spec, backbone, tokenizer)
-        d_model, n_layers, vocab_size = _shape_of(backbone)
         _check_backbone_boundary(spec, backbone)
-        lora_settings = None
-        if spec.lora is not None:
-            lora_settings = dataclasses.asdict(spec.lora)
-            missing = [
-                name for name in spec.lora.target_modules if not _module_exists(backbone, name)
-            ]
-            if missing:
-                raise ValueError(
-                    f"{spec.source}: lora.target_modules {missing} match no module of the "
-                    f"{backbone.config.model_type} backbone (module names are matched like peft: "
-                    f"exact name or '.'-suffix, e.g. 'q_proj', 'transformer.ff_out')"
-                )
-
-        config = RetrofitConfig(
-            kind=spec.kind,
-            backbone_type=backbone.config.model_type,
-            base_model=base_id,
-            base_revision=base_revision,
-            d_model=d_model,
-            n_layers=n_layers,
-            vocab_size=vocab_size,
-            mask_token_id=special_ids.mask,
-            pad_token_id=special_ids.pad,
-            eos_token_id=special_ids.eos,
-            slot_token_id=special_ids.slot,
-            bos_token_id=special_ids.bos,
-            stop_token_ids=sorted(special_ids.stop_ids) if tokenizer is not None else None,
-            insertion_schedule=get_schedule(spec.schedules.insertion).spec,
-            unmasking_schedule=get_schedule(spec.schedules.unmasking).spec,
-            head_scale=spec.head.scale,
-            head_init_gap=spec.head.init_gap,
-            group_size=spec.time_conditioning.group_size,
-            conditioned_norms=list(spec.time_conditioning.norms),
-            time_embedding_dim=spec.time_conditioning.embedding_dim or d_model,
-            time_mlp_ratio=spec.time_conditioning.mlp_ratio,
-            time_max_period=spec.time_conditioning.max_period,
-            time_scale=spec.time_conditioning.time_scale,
-            lora=lora_settings,
-            full_finetune=spec.full_finetune,
-            max_length=spec.max_length,
-            weights="adapter",
-            merged=False,
-            spec_name=spec.name,
-            base_fingerprint=fingerprint,
-            logit_shift=spec.backbone.logit_shift,
-            retrofit_version=RETROFIT_VERSION,
-        )
+        _check_lora_targets(spec, backbone)
+        config = _retrofit_config(spec, backbone, special_ids, origin, recorded_stops=tokenizer is not None)
+        lora_settings = config.lora
         if lora_settings is not None:
             backbone = _attach_lora(backbone, _lora_config_from_dict(lora_settings))
         model = cls(backbone, config)
@@ -899,59 +967,10 @@ class FlexMDM(nn.Module):
         """
         directory = resolve_checkpoint_dir(checkpoint, revision)
         config = RetrofitConfig.load(directory)
-        if config.weights == "full":
-            if base_model is not None:
-                raise ValueError(
-                    f"{checkpoint} holds complete backbone weights (weights='full'); base_model "
-                    "overrides apply to adapter checkpoints only"
-                )
-            backbone, _ = load_backbone(
-                directory, dtype=dtype, expected_model_type=config.backbone_type
-            )
-        elif isinstance(base_model, PreTrainedModel):
-            backbone = base_model
-            if dtype is not None:
-                backbone.to(
-                    dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
-                )
-            _check_model_type(
-                getattr(backbone.config, "model_type", None),
-                config.backbone_type,
-                where=type(backbone).__name__,
-            )
-        else:
-            base = base_model if base_model is not None else config.base_model
-            if base is None:
-                raise ValueError(
-                    f"{checkpoint}: retrofit_config.json records no base_model; pass "
-                    "FlexMDM.from_pretrained(..., base_model='GSAI-ML/LLaDA-8B-Base')"
-                )
-            rev = (
-                base_revision if base_model is not None else (base_revision or config.base_revision)
-            )
-            try:
-                backbone, _ = load_backbone(
-                    base, revision=rev, dtype=dtype, expected_model_type=config.backbone_type
-                )
-            except (FileNotFoundError, OSError) as error:
-                if base_model is not None:
-                    raise
-                raise FileNotFoundError(
-                    f"{checkpoint}: its base model {base} cannot be loaded ({error}); pass "
-                    "FlexMDM.from_pretrained(..., base_model=PATH_OR_HUB_ID) (--base-model)"
-                ) from None
-            if (
-                base_model is None
-                and config.base_fingerprint is not None
-                and Path(str(base)).is_dir()
-                and local_fingerprint(base) != config.base_fingerprint
-            ):
-                warnings.warn(
-                    f"the local base model {base} differs from the one {checkpoint} was trained on "
-                    "(config.json or weight files changed since): outputs may not be the trained "
-                    "model's",
-                    stacklevel=2,
-                )
+        backbone = _checkpoint_backbone(
+            checkpoint, directory, config, base_model=base_model, base_revision=base_revision,
+            dtype=dtype,
+        )  # fmt: skip
         shape = _shape_of(backbone)
         if shape != (config.d_model, config.n_layers, config.vocab_size):
             raise ValueError(

@@ -79,52 +79,18 @@ def load_records(cfg: DataConfig, tokenizer: Any = None, stats: Any = None) -> A
         ConnectionError: the Hub cannot be reached (the message says how to use local files via
             ``data.path``).
     """
-    import datasets
-
     if cfg.mixture is not None:
         return load_mixture(cfg, tokenizer, stats)
-    default_path, default_name = DEFAULT_HUB_DATASETS[cfg.kind]
+    default_path, _ = DEFAULT_HUB_DATASETS[cfg.kind]
     path = cfg.path if cfg.path is not None else default_path
-    name = cfg.name
     assert path is not None  # DataConfig guarantees a path or a default
-
-    builder: str | None
-    if cfg.source == "hub":
-        builder = None
-    elif cfg.source != "auto":
-        builder = cfg.source
-    else:
-        looks_local = (
-            os.path.exists(path)
-            or path.startswith((".", "/", "~"))
-            or any(char in path for char in "*?[")
-            or _local_builder(path) is not None
-        )
-        if os.path.isdir(path):
-            builder = None  # a local dataset folder: let `datasets` infer its format
-        elif looks_local:
-            builder = _local_builder(path)
-            if builder is None:
-                raise ValueError(
-                    f"cannot infer the file format of data.path={path!r} from its extension; set "
-                    "data.source to one of json, parquet, text, csv"
-                )
-        else:
-            builder = None
+    builder = _builder_for(cfg, path)
     is_local = builder is not None or os.path.isdir(os.path.expanduser(path))
     if cfg.revision is not None and is_local:
         raise ValueError(
             f"data.revision={cfg.revision!r} applies to Hub datasets only, but data.path={path!r} "
             "is local; remove data.revision"
         )
-    if (
-        not is_local
-        and name is None
-        and default_path is not None
-        and path.lower() == default_path.lower()
-    ):
-        name = default_name  # e.g. openai/gsm8k has configs "main" and "socratic"
-
     kwargs: dict[str, Any] = {"split": cfg.split, "streaming": cfg.streaming}
     if cfg.cache_dir is not None:
         kwargs["cache_dir"] = cfg.cache_dir
@@ -139,23 +105,7 @@ def load_records(cfg: DataConfig, tokenizer: Any = None, stats: Any = None) -> A
             kwargs["sample_by"] = cfg.text_sample_by
         records = _load_local(cfg, builder, expanded, kwargs, stats)
     else:
-        if name is not None:
-            kwargs["name"] = name
-        if cfg.revision is not None:
-            kwargs["revision"] = cfg.revision
-        try:
-            records = datasets.load_dataset(path, **kwargs)
-        except Exception as exc:
-            if _is_connection_error(exc):
-                raise ConnectionError(
-                    f"could not reach the Hugging Face Hub for dataset {path!r}"
-                    + (f" (config {name!r})" if name else "")
-                    + (f" (revision {cfg.revision!r})" if cfg.revision else "")
-                    + f": {exc}. Offline, point data.path at local files (json/jsonl/parquet/"
-                    "text), e.g. data.path=/data/gsm8k/train.jsonl, or pre-download the dataset "
-                    "into the datasets cache."
-                ) from exc
-            raise
+        records = _load_hub(cfg, path, is_local, kwargs)
     if cfg.max_records is not None:
         # The first N records of the whole dataset; `ExampleStream` splits them between ranks by
         # example (a `take` inside `split_dataset_by_node` would take N / world_size per shard).
@@ -232,6 +182,61 @@ def load_mixture(cfg: DataConfig, tokenizer: Any = None, stats: Any = None) -> A
 
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+
+
+def _builder_for(cfg: DataConfig, path: str) -> str | None:
+    """The ``datasets`` builder of local files (json, parquet, text, csv), or None for a Hub id or
+    a local dataset folder (``datasets`` infers its format)."""
+    if cfg.source == "hub":
+        return None
+    if cfg.source != "auto":
+        return cfg.source
+    if os.path.isdir(path):
+        return None
+    looks_local = (
+        os.path.exists(path)
+        or path.startswith((".", "/", "~"))
+        or any(char in path for char in "*?[")
+        or _local_builder(path) is not None
+    )
+    if not looks_local:
+        return None
+    builder = _local_builder(path)
+    if builder is None:
+        raise ValueError(
+            f"cannot infer the file format of data.path={path!r} from its extension; set "
+            "data.source to one of json, parquet, text, csv"
+        )
+    return builder
+
+
+def _load_hub(cfg: DataConfig, path: str, is_local: bool, kwargs: dict[str, Any]) -> Any:
+    """A Hub dataset (or a local dataset folder) through ``datasets.load_dataset``; the kind's
+    default config name for its default Hub id; an unreachable Hub is one ConnectionError that
+    says how to use local files."""
+    import datasets
+
+    default_path, default_name = DEFAULT_HUB_DATASETS[cfg.kind]
+    name = cfg.name
+    if not is_local and name is None and default_path is not None and path.lower() == default_path.lower():
+        name = default_name  # e.g. openai/gsm8k has configs "main" and "socratic"
+    if name is not None:
+        kwargs["name"] = name
+    if cfg.revision is not None:
+        kwargs["revision"] = cfg.revision
+    try:
+        return datasets.load_dataset(path, **kwargs)
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise ConnectionError(
+                f"could not reach the Hugging Face Hub for dataset {path!r}"
+                + (f" (config {name!r})" if name else "")
+                + (f" (revision {cfg.revision!r})" if cfg.revision else "")
+                + f": {exc}. Offline, point data.path at local files (json/jsonl/parquet/"
+                "text), e.g. data.path=/data/gsm8k/train.jsonl, or pre-download the dataset "
+                "into the datasets cache."
+            ) from exc
+        raise
 
 
 def _load_local(cfg: DataConfig, builder: str, pattern: str, kwargs: dict[str, Any], stats: Any) -> Any:

@@ -147,99 +147,7 @@ class LLaDAConfig(PreTrainedConfig):
         Called at construction and again by the model's ``__init__`` (fields may be edited after
         construction). Every message names the key, its value and what is supported.
         """
-        problems: list[str] = []
-
-        def refuse(condition: bool, message: str) -> None:
-            if condition:
-                problems.append(message)
-
-        refuse(
-            self.block_type != "llama",
-            f"block_type={self.block_type!r}: only 'llama' blocks (separate q/k/v, SwiGLU) "
-            "are supported",
-        )
-        refuse(
-            self.block_group_size != 1,
-            f"block_group_size={self.block_group_size}: only 1 (no block groups) is supported",
-        )
-        refuse(
-            self.activation_type != "silu",
-            f"activation_type={self.activation_type!r}: only 'silu' (SwiGLU with up_proj) "
-            "is supported",
-        )
-        refuse(
-            self.layer_norm_type != "rms",
-            f"layer_norm_type={self.layer_norm_type!r}: only 'rms' is supported",
-        )
-        refuse(
-            not self.layer_norm_with_affine,
-            "layer_norm_with_affine=False: norms without a weight are not supported",
-        )
-        refuse(
-            bool(self.bias_for_layer_norm),
-            "bias_for_layer_norm=True: norm biases are not supported",
-        )
-        refuse(bool(self.include_bias), "include_bias=True: linear-layer biases are not supported")
-        refuse(bool(self.include_qkv_bias), "include_qkv_bias=True: q/k/v biases are not supported")
-        refuse(
-            bool(self.attention_layer_norm),
-            "attention_layer_norm=True: q/k layer norms are not supported",
-        )
-        refuse(
-            self.clip_qkv is not None, f"clip_qkv={self.clip_qkv}: q/k/v clipping is not supported"
-        )
-        refuse(bool(self.input_emb_norm), "input_emb_norm=True: embedding scaling is not supported")
-        refuse(bool(self.scale_logits), "scale_logits=True: logit scaling is not supported")
-        refuse(
-            bool(self.weight_tying),
-            "weight_tying=True: LLaDA's LM head (model.transformer.ff_out) is untied; "
-            "tying is not supported",
-        )
-        refuse(bool(self.alibi), "alibi=True: ALiBi is not supported (LLaDA uses RoPE)")
-        refuse(
-            not self.rope,
-            "rope=False: only RoPE positions are supported (no learned position embeddings)",
-        )
-        for name in (
-            "d_model",
-            "n_heads",
-            "n_kv_heads",
-            "n_layers",
-            "mlp_hidden_size",
-            "vocab_size",
-            "embedding_size",
-        ):
-            value = getattr(self, name)
-            refuse(
-                not isinstance(value, int) or isinstance(value, bool) or value <= 0,
-                f"{name}={value!r}: must be a positive integer",
-            )
-        if not problems:
-            refuse(
-                self.d_model % self.n_heads != 0,
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}",
-            )
-            refuse(
-                self.n_heads % self.n_kv_heads != 0,
-                f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}",
-            )
-            refuse(
-                self.multi_query_attention is True and self.n_kv_heads != 1,
-                f"multi_query_attention=True contradicts n_kv_heads={self.n_kv_heads} (must be 1)",
-            )
-            refuse(self.head_dim % 2 != 0, f"head_dim={self.head_dim} must be even for RoPE")
-            refuse(
-                self.embedding_size < self.vocab_size,
-                f"embedding_size={self.embedding_size} is smaller than "
-                f"vocab_size={self.vocab_size}",
-            )
-        for name in ("attention_dropout", "residual_dropout", "embedding_dropout"):
-            value = getattr(self, name)
-            refuse(not 0.0 <= float(value) < 1.0, f"{name}={value}: must be in [0, 1)")
-        refuse(not float(self.rope_theta) > 0, f"rope_theta={self.rope_theta}: must be positive")
-        refuse(
-            not float(self.rms_norm_eps) > 0, f"rms_norm_eps={self.rms_norm_eps}: must be positive"
-        )
+        problems = self._variant_problems() + self._shape_problems()
         if problems:
             raise ValueError(
                 "Unsupported LLaDA config: "
@@ -247,6 +155,66 @@ class LLaDAConfig(PreTrainedConfig):
                 + ". The native retrofit LLaDA implements LLaDA's 'llama'-block architecture only; "
                 "fix the config or use the checkpoint's own remote code."
             )
+
+    def _variant_problems(self) -> list[str]:
+        """Architecture switches the native model does not implement (one message each)."""
+        refused = [
+            (self.block_type != "llama", (f"block_type={self.block_type!r}: only 'llama' blocks "
+             "(separate q/k/v, SwiGLU) are supported")),
+            (self.block_group_size != 1,
+             f"block_group_size={self.block_group_size}: only 1 (no block groups) is supported"),
+            (self.activation_type != "silu", (f"activation_type={self.activation_type!r}: only "
+             "'silu' (SwiGLU with up_proj) is supported")),
+            (self.layer_norm_type != "rms",
+             f"layer_norm_type={self.layer_norm_type!r}: only 'rms' is supported"),
+            (not self.layer_norm_with_affine,
+             "layer_norm_with_affine=False: norms without a weight are not supported"),
+            (bool(self.bias_for_layer_norm), "bias_for_layer_norm=True: norm biases are not supported"),
+            (bool(self.include_bias), "include_bias=True: linear-layer biases are not supported"),
+            (bool(self.include_qkv_bias), "include_qkv_bias=True: q/k/v biases are not supported"),
+            (bool(self.attention_layer_norm),
+             "attention_layer_norm=True: q/k layer norms are not supported"),
+            (self.clip_qkv is not None, f"clip_qkv={self.clip_qkv}: q/k/v clipping is not supported"),
+            (bool(self.input_emb_norm), "input_emb_norm=True: embedding scaling is not supported"),
+            (bool(self.scale_logits), "scale_logits=True: logit scaling is not supported"),
+            (bool(self.weight_tying), ("weight_tying=True: LLaDA's LM head (model.transformer.ff_out) "
+             "is untied; tying is not supported")),
+            (bool(self.alibi), "alibi=True: ALiBi is not supported (LLaDA uses RoPE)"),
+            (not self.rope,
+             "rope=False: only RoPE positions are supported (no learned position embeddings)"),
+        ]
+        return [message for condition, message in refused if condition]
+
+    def _shape_problems(self) -> list[str]:
+        """Sizes that are not positive, do not divide, or are out of range."""
+        problems = []
+        for name in ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size",
+                     "embedding_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                problems.append(f"{name}={value!r}: must be a positive integer")
+        if not problems:
+            checks = [
+                (self.d_model % self.n_heads != 0,
+                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}"),
+                (self.n_heads % self.n_kv_heads != 0,
+                 f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}"),
+                (self.multi_query_attention is True and self.n_kv_heads != 1,
+                 f"multi_query_attention=True contradicts n_kv_heads={self.n_kv_heads} (must be 1)"),
+                (self.head_dim % 2 != 0, f"head_dim={self.head_dim} must be even for RoPE"),
+                (self.embedding_size < self.vocab_size, (f"embedding_size={self.embedding_size} is "
+                 f"smaller than vocab_size={self.vocab_size}")),
+            ]
+            problems += [message for condition, message in checks if condition]
+        for name in ("attention_dropout", "residual_dropout", "embedding_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                problems.append(f"{name}={value}: must be in [0, 1)")
+        if not float(self.rope_theta) > 0:
+            problems.append(f"rope_theta={self.rope_theta}: must be positive")
+        if not float(self.rms_norm_eps) > 0:
+            problems.append(f"rms_norm_eps={self.rms_norm_eps}: must be positive")
+        return problems
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> LLaDAConfig:
