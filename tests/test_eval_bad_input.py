@@ -4,7 +4,6 @@ over-long prompt skipped and counted (never an abort that repeats), cost in ever
 from __future__ import annotations
 
 import json
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -63,25 +62,9 @@ def test_partial_completions_warn_and_record_their_coverage(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_flexmdm(tmp_path_factory):
-    """A tiny random FlexMDM with max_length 200 and a character tokenizer."""
-    import torch
-
-    from retrofit.adapter import FlexMDM
-    from retrofit.models import LLaDAModelLM, tiny_llada_config
-    from retrofit.tokenization import build_char_tokenizer
-
-    root = tmp_path_factory.mktemp("long-prompts")
-    tokenizer = build_char_tokenizer(string.printable, eos_token="<|pad|>", unk_token="<|unk|>")
-    ids = {"mask_token_id": tokenizer.mask_token_id, "pad_token_id": tokenizer.pad_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
-    torch.manual_seed(0)
-    backbone = LLaDAModelLM(tiny_llada_config(vocab_size=len(tokenizer), **ids))
-    backbone.save_pretrained(root / "base")
-    model = FlexMDM.retrofit(str(root / "base"), "tiny-llada", max_length=200, tokenizer=tokenizer, **ids)
-    checkpoint = model.save_pretrained(root / "flexmdm")
-    tokenizer.save_pretrained(checkpoint)
-    return checkpoint
+def tiny_flexmdm(tiny_checkpoint):
+    """A tiny random FlexMDM with max_length 200 (GSM8K prompts do not fit)."""
+    return tiny_checkpoint("flexmdm", max_length=200)
 
 
 def test_an_over_long_prompt_is_skipped_and_counted(tiny_flexmdm, tmp_path):

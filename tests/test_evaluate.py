@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import signal
-import string
 import subprocess
 import sys
 import textwrap
@@ -373,28 +372,9 @@ def test_compare_refuses_different_benchmarks(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- tiny real model
 @pytest.fixture(scope="module")
-def tiny_checkpoints(tmp_path_factory):
+def tiny_checkpoints(tiny_checkpoint):
     """A tiny random LLaDA retrofitted as FlexMDM and as the MDM baseline, with a char tokenizer."""
-    import torch
-
-    from retrofit.adapter import FlexMDM
-    from retrofit.models import LLaDAModelLM, tiny_llada_config
-    from retrofit.tokenization import build_char_tokenizer
-
-    root = tmp_path_factory.mktemp("eval-models")
-    # GSM8K questions hold a few non-ASCII characters (curly quotes): map them to <|unk|>.
-    tokenizer = build_char_tokenizer(string.printable, eos_token="<|pad|>", unk_token="<|unk|>")
-    ids = {"mask_token_id": tokenizer.mask_token_id, "pad_token_id": tokenizer.pad_token_id,
-               "eos_token_id": tokenizer.eos_token_id}
-    torch.manual_seed(0)
-    backbone = LLaDAModelLM(tiny_llada_config(vocab_size=len(tokenizer), **ids))
-    backbone.save_pretrained(root / "base")
-    checkpoints = {}
-    for kind in ("flexmdm", "mdm"):
-        model = FlexMDM.retrofit(str(root / "base"), "tiny-llada", kind=kind, max_length=768, **ids)
-        checkpoints[kind] = model.save_pretrained(root / kind)
-        tokenizer.save_pretrained(checkpoints[kind])
-    return checkpoints
+    return {kind: tiny_checkpoint(kind) for kind in ("flexmdm", "mdm")}
 
 
 @pytest.mark.slow
