@@ -3,9 +3,10 @@
 A recipe (``recipes/<model>/<stage>.yaml``) is a YAML mapping whose sections mirror the dataclasses
 below (``model``, ``data``, ``objective``, ``optimizer``, ``scheduler``, ``training``,
 ``checkpoint``, ``logging``) plus a few top-level keys (``output_dir``, ``push_to_hub``, ...).
-Loading is strict: an unknown key is an error (with a did-you-mean), a value of the wrong type is an
-error naming the dotted key, and a path that must exist (a local base model, an adapter spec file,
-local data files, an explicit resume checkpoint) is checked before any model is built.
+Loading goes through the one strict loader, :mod:`retrofit.yaml_config`: an unknown key is an error
+(with a did-you-mean), a value of the wrong type is an error naming the dotted key, and both name
+the file and line it was written at; a path that must exist (a local base model, an adapter spec
+file, local data files, an explicit resume checkpoint) is checked before any model is built.
 
 Overrides from the command line are ``dotted.key=value`` strings whose value is parsed as a YAML
 scalar (``training.max_steps=10``, ``optimizer.lr=3e-5``, ``logging.report_to=[tensorboard]``,
@@ -18,16 +19,25 @@ recipe is loaded first and this one's keys are merged over it, section by sectio
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from retrofit.yaml_config import (
+    ConfigError,
+    LocatedDict,
+    apply_overrides,
+    coerce,
+    did_you_mean,
+    from_dict,
+    load_yaml,
+    locate,
+    parse_overrides,
+    to_dict,
+)
 
 __all__ = [
     "CheckpointConfig",
@@ -50,10 +60,6 @@ __all__ = [
 # The base-model value that builds a small random LLaDA on the fly (tests, CPU demos: no download).
 TINY_RANDOM = "tiny-random"
 PARAMETER_GROUPS = ("lora", "new", "backbone")
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the dotted key and how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,247 +216,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Generic typed loading
-# ---------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    """A readable name for a type annotation (for error messages)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(v) for v in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _did_you_mean(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    hint = f" did you mean {close[0]!r}?" if close else ""
-    return f"{hint} Valid keys: {', '.join(sorted(valid))}."
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check (and gently coerce) ``value`` against the annotation ``tp``; raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(
-            f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})."
-        )
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}.{hint}"
-            )
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(
-                f"{where}: expected a mapping (section {tp.__name__}), got {value!r}."
-            )
-        return from_dict(tp, value, prefix=where)
-    if origin in (list, Sequence, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list ({_type_name(tp)}), got {value!r}.")
-        args = typing.get_args(tp)
-        item_tp = args[0] if args else Any
-        return [_coerce(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping ({_type_name(tp)}), got {value!r}.")
-        args = typing.get_args(tp)
-        value_tp = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(
-                f"{where}: expected true/false, got {value!r} ({type(value).__name__})."
-            )
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(
-                f"{where}: expected an integer, got {value!r} ({type(value).__name__})."
-            )
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}.")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r} ({type(value).__name__}).")
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"{where}: expected a string, got {value!r} ({type(value).__name__}); quote it in YAML."
-            )
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}.")
-        return value
-    return value
-
-
-def from_dict(cls: type, data: Mapping[str, Any], *, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, strictly: unknown keys, wrong types and missing
-    required fields raise ConfigError naming the dotted key (``prefix.key``)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key.{_did_you_mean(str(key), list(fields))}")
-        kwargs[key] = _coerce(value, hints[key], where)
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-    ]
-    if missing:
-        where = prefix or "recipe"
-        raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}.")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:  # a dataclass's own __post_init__ validation
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{prefix or 'recipe'}: {err}") from err
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass tree as plain YAML/JSON-serialisable Python (for saving the resolved recipe)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# Overrides
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_overrides(items: Sequence[str]) -> list[tuple[list[str], Any]]:
-    """Parse ``["training.max_steps=10", ...]`` into ``[(["training", "max_steps"], 10), ...]``.
-
-    Values are YAML scalars (or flow collections): ``10`` -> int, ``3e-5`` -> float, ``true`` ->
-    bool, ``null`` -> None, ``[a, b]`` -> list. A bare ``--key=value`` is accepted too.
-    """
-    parsed = []
-    for item in items:
-        text = item.removeprefix("--")
-        if "=" not in text:
-            raise ConfigError(
-                f"override {item!r}: expected dotted.key=value (e.g. training.max_steps=10)."
-            )
-        key, raw = text.split("=", 1)
-        parts = [p for p in key.strip().split(".")]
-        if not key.strip() or any(not p for p in parts):
-            raise ConfigError(f"override {item!r}: empty key segment in {key!r}.")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({err}).") from err
-        parsed.append((parts, value))
-    return parsed
-
-
-def apply_overrides(
-    raw: dict[str, Any], overrides: Sequence[tuple[list[str], Any]]
-) -> dict[str, Any]:
-    """Set each dotted key in the raw recipe mapping (creating sections as needed); returns ``raw``."""
-    for parts, value in overrides:
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                dotted = ".".join(parts[: depth + 1])
-                raise ConfigError(
-                    f"override {'.'.join(parts)}: {dotted} is {child!r}, not a section."
-                )
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe mapping, following ``extends`` (relative to the file)."""
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} does not exist (looked in {Path.cwd()}).")
-    if path.resolve() in seen:
-        raise ConfigError(
-            f"recipe {str(path)!r}: `extends` cycle through {[str(p) for p in seen]}."
-        )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"recipe {str(path)!r}: top level must be a mapping, got {type(raw).__name__}."
-        )
-    parent = raw.pop("extends", None)
-    if parent is not None:
-        if not isinstance(parent, str):
-            raise ConfigError(f"recipe {str(path)!r}: `extends` must be a path string.")
-        base = _read_yaml((path.parent / parent), seen + (path.resolve(),))
-        raw = _deep_merge(base, raw)
-    return raw
-
-
-# ---------------------------------------------------------------------------------------------
 # Validation beyond types: cross-field rules and files that must exist
 # ---------------------------------------------------------------------------------------------
 
@@ -489,7 +254,7 @@ def _check_values(cfg: TrainConfig) -> None:
     for group, mult in cfg.optimizer.lr_multipliers.items():
         if group not in PARAMETER_GROUPS:
             raise ConfigError(
-                f"optimizer.lr_multipliers.{group}: unknown parameter group.{_did_you_mean(group, PARAMETER_GROUPS)}"
+                f"optimizer.lr_multipliers.{group}: unknown parameter group.{did_you_mean(group, PARAMETER_GROUPS)}"
             )
         if mult < 0:
             raise ConfigError(f"optimizer.lr_multipliers.{group}: must be >= 0, got {mult}.")
@@ -630,21 +395,36 @@ def _data_config_class() -> type | None:
     return DataConfig
 
 
+def _located(error: ConfigError, raw: Mapping[str, Any]) -> ConfigError:
+    """``error`` pointing at the line of its key in the recipe: ``error.key``, else the dotted
+    key every message of this module starts with (``training.max_steps: must be >= 1``)."""
+    key = error.key
+    if key is None:
+        match = re.match(r"([A-Za-z_][\w.]*): ", error.message)
+        key = match.group(1) if match else None
+    return error.at(locate(raw, key)) if key else error
+
+
 def build_config(
     raw: Mapping[str, Any], *, recipe_path: Path | None = None, check_files: bool = True
 ) -> TrainConfig:
-    """Validate a raw recipe mapping into a TrainConfig (types, values, and files)."""
-    raw = dict(raw)
-    data_raw = raw.pop("data", None)
-    cfg = from_dict(TrainConfig, raw)
+    """Validate a raw recipe mapping into a TrainConfig (types, values, and files). When ``raw``
+    was read by :func:`retrofit.yaml_config.load_yaml`, errors name the file and line."""
+    top = LocatedDict((key, value) for key, value in raw.items() if key != "data")
+    top.locations.update(getattr(raw, "locations", {}))
+    cfg = from_dict(TrainConfig, top, what="recipe")
+    data_raw = raw.get("data")
     data_cls = _data_config_class()
-    if data_raw is not None and data_cls is not None:
-        cfg.data = _coerce(data_raw, data_cls, "data")
-    else:
-        cfg.data = data_raw
-    _check_values(cfg)
-    if check_files:
-        _check_files(cfg, recipe_path)
+    try:
+        if data_raw is not None and data_cls is not None:
+            cfg.data = coerce(data_raw, data_cls, "data")
+        else:
+            cfg.data = data_raw
+        _check_values(cfg)
+        if check_files:
+            _check_files(cfg, recipe_path)
+    except ConfigError as error:
+        raise _located(error, raw) from error.__cause__
     return cfg
 
 
@@ -653,10 +433,11 @@ def load_config(
 ) -> TrainConfig:
     """Load a recipe YAML, apply ``key=value`` overrides, and validate it.
 
-    Raises ConfigError (a ValueError) naming the offending dotted key on an unknown key (with a
-    did-you-mean), a wrong type, an out-of-range value, or a missing local file.
+    Raises ConfigError (a ValueError) naming the offending dotted key, and the file and line it
+    was written at, on an unknown key (with a did-you-mean), a wrong type, an out-of-range value,
+    or a missing local file; ConfigFileNotFoundError when the recipe itself does not exist.
     """
     recipe_path = Path(path)
-    raw = _read_yaml(recipe_path)
+    raw = load_yaml(recipe_path, what="recipe", extends_key="extends")
     raw = apply_overrides(raw, parse_overrides(overrides))
     return build_config(raw, recipe_path=recipe_path, check_files=check_files)
