@@ -38,6 +38,7 @@ __all__ = [
     "MIN_INSERTION_TIME",
     "NoisedBatch",
     "build_noised_batch",
+    "fit_width",
     "forward_process",
     "gap_counts_from_keep",
     "sample_times",
@@ -70,6 +71,36 @@ class NoisedBatch:
     def num_noised_tokens(self) -> Tensor:
         """(B,) long: non-protected x1 tokens per row = (present - protected) + absent."""
         return self.lengths - self.protected.sum(dim=1) + self.gap_counts.sum(dim=1)
+
+    def shard(
+        self, rank: int, world_size: int, *, pad_token_id: int, width: int | None = None
+    ) -> NoisedBatch:
+        """Rank ``rank``'s share of a batch noised for ``world_size`` ranks: its contiguous block of
+        ``B / world_size`` rows, cut (or right-padded) to ``width`` positions, by default its own
+        longest x_t (``gap_counts`` to ``width + 1`` slots). Padding uses ``pad_token_id`` for
+        ids and targets, False for flags and 0 for gap counts. Returns (B / W, width) tensors."""
+        per_rank = self.lengths.shape[0] // world_size
+        rows = slice(rank * per_rank, (rank + 1) * per_rank)
+        lengths = self.lengths[rows]  # (B / W,)
+        width = int(lengths.max()) if width is None else width
+        return NoisedBatch(
+            input_ids=fit_width(self.input_ids[rows], width, pad_token_id),
+            lengths=lengths,
+            is_mask=fit_width(self.is_mask[rows], width, False),
+            targets=fit_width(self.targets[rows], width, pad_token_id),
+            gap_counts=fit_width(self.gap_counts[rows], width + 1, 0),
+            protected=fit_width(self.protected[rows], width, False),
+            t=self.t[rows],
+        )
+
+
+def fit_width(tensor: Tensor, width: int, value: int | bool) -> Tensor:
+    """A (B, L) tensor cut to its first ``width`` columns, or right-padded with ``value`` to them."""
+    tensor = tensor[:, :width]
+    missing = width - tensor.shape[1]
+    if missing <= 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, missing), value=value)
 
 
 def sample_times(
