@@ -60,6 +60,8 @@ __all__ = [
 # The base-model value that builds a small random LLaDA on the fly (tests, CPU demos: no download).
 TINY_RANDOM = "tiny-random"
 PARAMETER_GROUPS = ("lora", "new", "backbone")
+# The budget of a recipe that states neither training.max_steps nor training.epochs.
+DEFAULT_MAX_STEPS = 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,18 +143,31 @@ class SchedulerConfig:
 
 @dataclass
 class TrainingConfig:
-    """Loop sizes and numerics. ``micro_batch_size`` is per process; the global batch is
-    ``micro_batch_size * gradient_accumulation_steps * world_size`` sequences.
+    """Budget, batch sizes and numerics.
+
+    The global batch is the recipe's invariant: ``global_batch_size`` sequences per optimizer step,
+    whatever the number of processes W. ``micro_batch_size`` is per process and forward pass; the
+    accumulation is derived at launch, ``gradient_accumulation_steps = global_batch_size / (W x
+    micro_batch_size)`` (an error when that does not divide): leave it unset, or it must agree.
+    Without ``global_batch_size`` (small CPU recipes), the global batch is ``W x micro_batch_size
+    x gradient_accumulation_steps`` (default 1), i.e. it grows with W.
+    ``retrofit train RECIPE --print-config --world-size N`` prints what a launch on N processes uses.
+
+    Budget, one of: ``max_steps`` optimizer steps, or ``epochs`` passes over the training records
+    (converted at launch to ``ceil(epochs x records / global_batch_size)`` steps; map-style data
+    only; a record is one row except for chunked pretraining documents). Neither: 1000 steps.
 
     Batches are dynamic-length (x_t trimmed to its longest row); ``length_bucketing = k > 1`` sorts
-    k batches' worth of examples by length and cuts them into k batches of similar lengths;
-    ``pad_to_max_length`` pads every batch to ``data.max_length`` instead (the research code's
-    fixed buffer; for comparisons only). ``mixed_precision: bf16`` autocasts the forward pass
-    while the trainable weights (and their optimizer states) stay fp32."""
+    k global batches' worth of examples by length and cuts them into k global batches of similar
+    lengths; ``pad_to_max_length`` pads every batch to ``data.max_length`` instead (the research
+    code's fixed buffer; for comparisons only). ``mixed_precision: bf16`` autocasts the forward
+    pass while the trainable weights (and their optimizer states) stay fp32."""
 
-    max_steps: int = 1000
+    max_steps: int | None = None
+    epochs: float | None = None
+    global_batch_size: int | None = None
     micro_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int | None = None
     mixed_precision: Literal["no", "bf16"] = "bf16"
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -230,6 +245,7 @@ def _check_values(cfg: TrainConfig) -> None:
         "training.max_steps": cfg.training.max_steps,
         "training.micro_batch_size": cfg.training.micro_batch_size,
         "training.gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
+        "training.global_batch_size": cfg.training.global_batch_size,
         "training.length_bucketing": cfg.training.length_bucketing,
         "checkpoint.save_every": cfg.checkpoint.save_every,
         "checkpoint.keep_last": cfg.checkpoint.keep_last,
@@ -237,8 +253,9 @@ def _check_values(cfg: TrainConfig) -> None:
         "objective.fixed_length": cfg.objective.fixed_length,
     }
     for key, value in positive.items():
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}.")
+    _check_budget(cfg)
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr: must be > 0, got {cfg.optimizer.lr}.")
     if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
@@ -274,6 +291,26 @@ def _check_values(cfg: TrainConfig) -> None:
     if cfg.data is None:
         raise ConfigError(
             "data: missing section (which dataset to train on); see recipes/tiny/*.yaml."
+        )
+
+
+def _check_budget(cfg: TrainConfig) -> None:
+    """One budget: ``max_steps`` or ``epochs`` (neither: ``DEFAULT_MAX_STEPS``, filled in here)."""
+    training = cfg.training
+    if training.max_steps is not None and training.epochs is not None:
+        raise ConfigError(
+            f"training.epochs: the budget is either max_steps ({training.max_steps}) or epochs "
+            f"({training.epochs}); set the other to null (e.g. training.max_steps=null)."
+        )
+    if training.epochs is not None and training.epochs <= 0:
+        raise ConfigError(f"training.epochs: must be > 0, got {training.epochs}.")
+    if training.max_steps is None and training.epochs is None:
+        training.max_steps = DEFAULT_MAX_STEPS
+    global_batch, micro = training.global_batch_size, training.micro_batch_size
+    if global_batch is not None and global_batch % micro:
+        raise ConfigError(
+            f"training.global_batch_size: {global_batch} is not a multiple of "
+            f"training.micro_batch_size={micro}; choose a micro-batch that divides it."
         )
 
 
@@ -429,9 +466,17 @@ def build_config(
 
 
 def load_config(
-    path: str | os.PathLike[str], overrides: Sequence[str] = (), *, check_files: bool = True
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    check_files: bool = True,
+    world_size: int | None = None,
 ) -> TrainConfig:
     """Load a recipe YAML, apply ``key=value`` overrides, and validate it.
+
+    With ``world_size``, the recipe is resolved for a launch on that many processes: the
+    accumulation that keeps ``training.global_batch_size`` is filled in (an ``epochs`` budget stays
+    unresolved: it needs the data, see :mod:`retrofit.training.run_size`).
 
     Raises ConfigError (a ValueError) naming the offending dotted key, and the file and line it
     was written at, on an unknown key (with a did-you-mean), a wrong type, an out-of-range value,
@@ -440,4 +485,12 @@ def load_config(
     recipe_path = Path(path)
     raw = load_yaml(recipe_path, what="recipe", extends_key="extends")
     raw = apply_overrides(raw, parse_overrides(overrides))
-    return build_config(raw, recipe_path=recipe_path, check_files=check_files)
+    cfg = build_config(raw, recipe_path=recipe_path, check_files=check_files)
+    if world_size is None:
+        return cfg
+    from retrofit.training.run_size import resolve_run_size, resolved_config
+
+    try:
+        return resolved_config(cfg, resolve_run_size(cfg, world_size))
+    except ConfigError as error:
+        raise _located(error, raw) from None

@@ -73,15 +73,16 @@ class NoisedBatch:
         return self.lengths - self.protected.sum(dim=1) + self.gap_counts.sum(dim=1)
 
     def shard(
-        self, rank: int, world_size: int, *, pad_token_id: int, width: int | None = None
+        self, index: int, count: int, *, pad_token_id: int, width: int | None = None
     ) -> NoisedBatch:
-        """Rank ``rank``'s share of a batch noised for ``world_size`` ranks: its contiguous block of
-        ``B / world_size`` rows, cut (or right-padded) to ``width`` positions, by default its own
-        longest x_t (``gap_counts`` to ``width + 1`` slots). Padding uses ``pad_token_id`` for
-        ids and targets, False for flags and 0 for gap counts. Returns (B / W, width) tensors."""
-        per_rank = self.lengths.shape[0] // world_size
-        rows = slice(rank * per_rank, (rank + 1) * per_rank)
-        lengths = self.lengths[rows]  # (B / W,)
+        """Block ``index`` of ``count`` equal contiguous row blocks (a rank's rows, or one
+        micro-batch of a noised global batch), cut (or right-padded) to ``width`` positions, by
+        default its own longest x_t (``gap_counts`` to ``width + 1`` slots). Padding uses
+        ``pad_token_id`` for ids and targets, False for flags and 0 for gap counts. Returns
+        (B / count, width) tensors."""
+        per_block = self.lengths.shape[0] // count
+        rows = slice(index * per_block, (index + 1) * per_block)
+        lengths = self.lengths[rows]  # (B / count,)
         width = int(lengths.max()) if width is None else width
         return NoisedBatch(
             input_ids=fit_width(self.input_ids[rows], width, pad_token_id),

@@ -4,20 +4,24 @@
     retrofit train RECIPE.yaml [key=value ...]
 
 The recipe reads top to bottom (torchtune style), as :class:`TrainingRecipe`'s methods:
-``setup`` (accelerator -> seed -> tokenizer -> model, a backbone retrofitted from an adapter spec ->
-objective -> data -> AdamW over parameter groups + warmup/half-cosine) -> ``resume`` -> for each
-optimizer step: ``train_step`` (read its micro-batches, the objective's noise -> shard -> loss for
-each, backward; clip, step) -> ``log`` -> ``save_checkpoint`` -> ``finish`` (final save + summary +
-Hub push). The components live in :mod:`retrofit.training`; this module re-exports the ones tests
-and benchmarks use.
+``setup`` (run size for this many processes -> accelerator -> seed -> tokenizer -> model, a
+backbone retrofitted from an adapter spec -> objective -> data -> AdamW over parameter groups +
+warmup/half-cosine) -> ``resume`` -> for each optimizer step: ``train_step`` (read its global
+batch, the objective noises it once, then for each of this rank's micro-batches: shard -> loss ->
+backward; clip, step) -> ``log`` -> ``save_checkpoint`` -> ``finish`` (final save + summary + Hub
+push). The components live in :mod:`retrofit.training`; this module re-exports the ones tests and
+benchmarks use.
 
-Data parallelism and noise. Every rank reads the same stream of examples and builds the same
-*global* micro-batch (``micro_batch_size * world_size`` rows); the noise (FlexMDM times and
-forward process, or MDM mask ratios) is drawn for that global batch from a generator seeded by
-``(seed, step, micro_step)``, and each rank then keeps its own rows and trims them to their longest
-x_t. Hence a run on W processes computes exactly the gradient of one process with a W-times larger
-micro-batch, FlexMDM times are stratified over the global batch, and resuming needs no RNG state for
-the noise. Reading (tokenising) the global batch on every rank costs a little CPU time per step.
+Data parallelism and noise. The global batch (``training.global_batch_size`` rows) is the recipe's
+invariant; the accumulation is derived from the number of processes W (:mod:`retrofit.training.
+run_size`). Every rank reads the same stream and builds the same global batch; the noise (FlexMDM
+times and forward process, or MDM mask ratios) is drawn for it once, from a generator seeded by
+``(seed, step)``; the noised batch is cut into ``accumulation x W`` micro-batches of
+``micro_batch_size`` rows, micro-batch ``m * W + rank`` going to rank ``rank`` at accumulation
+step ``m``, each trimmed to its longest x_t. Hence the rows, the noise and the micro-batches of a
+step are the same on 1 or 16 processes, FlexMDM times are stratified over the global batch, and
+resuming needs no RNG state for the noise. Reading (tokenising) the global batch on every rank costs
+a little CPU time per step.
 
 Checkpoints (every ``checkpoint.save_every`` steps) are written to ``output_dir/.tmp-checkpoint-N``
 and renamed to ``output_dir/checkpoint-N`` once complete (a ``COMPLETE`` marker inside):
@@ -88,9 +92,11 @@ from retrofit.training.objectives import (
     step_denominator,
 )
 from retrofit.training.optim import build_lr_schedule, build_optimizer, lr_factor, warmup_steps_for
+from retrofit.training.run_size import count_records, resolve_run_size, resolved_config
 
 if TYPE_CHECKING:
-    from retrofit.data import Batch
+    from retrofit.interpolant import NoisedBatch
+    from retrofit.training.objectives import MDMNoisedBatch
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -114,6 +120,7 @@ __all__ = [
     "main",
     "mdm_micro_batch",
     "noise_generator",
+    "print_config",
     "save_model",
     "step_denominator",
     "train",
@@ -170,11 +177,21 @@ class TrainingRecipe:
     # -- setup ---------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Accelerator and seed -> tokenizer, model, objective -> data -> optimizer (prepared)."""
+        """Run size -> accelerator and seed -> tokenizer, model, objective -> data (and the step
+        budget) -> optimizer (prepared)."""
+        self._resolve_run_size(launched_world_size())
         self._setup_accelerator()
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
+
+    def _resolve_run_size(self, world_size: int) -> None:
+        """The accumulation that keeps the recipe's global batch on ``world_size`` processes."""
+        try:
+            self.size = resolve_run_size(self.cfg, world_size)
+        except ConfigError as error:
+            raise error.at(self.recipe_path) from None
+        self.cfg = resolved_config(self.cfg, self.size)
 
     def _setup_accelerator(self) -> None:
         """The Accelerator, the Hub preflight (before anything is built), the seed, DeepSpeed's
@@ -191,12 +208,11 @@ class TrainingRecipe:
         self.deepspeed = is_deepspeed(accelerator)
         if self.deepspeed:
             configure_deepspeed(accelerator, cfg)
-        if accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            # The resolved recipe (loadable with load_config) next to the outputs.
-            recipe_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-            (self.output_dir / RECIPE_FILE).write_text(recipe_yaml)
-        accelerator.wait_for_everyone()
+        if accelerator.num_processes != self.size.world_size:
+            raise RuntimeError(
+                f"the launcher's WORLD_SIZE={self.size.world_size} differs from the accelerator's "
+                f"{accelerator.num_processes} processes; launch with accelerate launch / torchrun"
+            )
         self.world_size = accelerator.num_processes
         self.rank = accelerator.process_index
 
@@ -214,10 +230,12 @@ class TrainingRecipe:
         data_cfg = dataclasses.replace(cfg.data, objective=cfg.objective.name)
         model.config.prompt_layout = PromptLayout.from_data_config(data_cfg).to_dict()
         schedules = (model.insertion_schedule, model.unmasking_schedule)
-        self.objective = build_objective(cfg, self.special_ids, schedules)
+        width = cfg.data.max_length if cfg.training.pad_to_max_length else None
+        self.objective = build_objective(cfg, self.special_ids, schedules, width=width)
 
     def _setup_data(self) -> None:
-        """The stream of global micro-batches (every rank reads the same one)."""
+        """The stream of global batches (every rank reads the same one); an ``epochs`` budget
+        becomes optimizer steps; the resolved recipe is written next to the outputs."""
         cfg = self.cfg
         if cfg.data.max_length > self.model.config.max_length:
             raise ConfigError(
@@ -225,9 +243,20 @@ class TrainingRecipe:
                 f"{self.model.config.max_length}: lower data.max_length or set "
                 "model.adapter_overrides.max_length"
             )
-        self.global_micro_batch = cfg.training.micro_batch_size * self.world_size
-        self.data = build_data_stream(cfg, self.tokenizer, self.global_micro_batch, self.special_ids)
-        self.pad_to = self.data.max_length if cfg.training.pad_to_max_length else None
+        self.data = build_data_stream(
+            cfg, self.tokenizer, self.size.global_batch_size, self.special_ids
+        )
+        if cfg.training.epochs is not None:
+            records = count_records(cfg)
+            self.size = resolve_run_size(cfg, self.world_size, num_records=records)
+            self.cfg = cfg = resolved_config(cfg, self.size)
+            self.objective.cfg = cfg
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # The resolved recipe (loadable with load_config) next to the outputs.
+            recipe_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+            (self.output_dir / RECIPE_FILE).write_text(recipe_yaml)
+        self.accelerator.wait_for_everyone()
 
     def _setup_optimizer(self) -> None:
         """AdamW + warmup/half-cosine, everything prepared by the Accelerator; the checkpointer."""
@@ -235,11 +264,9 @@ class TrainingRecipe:
         optimizer, group_names = build_optimizer(self.model, cfg)
         self.schedule = build_lr_schedule(cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
-        accum = cfg.training.gradient_accumulation_steps
         accelerator.print(
             f"trainable parameters: {self.model.parameter_counts()}; optimizer groups: "
-            f"{group_names}; global batch: {self.global_micro_batch * accum} sequences "
-            f"({self.world_size} processes x {cfg.training.micro_batch_size} x {accum} accumulation)"
+            f"{group_names}; " + "; ".join(self.size.describe())
         )
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
             self.model, optimizer, scheduler
@@ -306,19 +333,21 @@ class TrainingRecipe:
         return self.finish()
 
     def train_step(self) -> StepRecord:
-        """One optimizer step: read its micro-batches, accumulate their gradients, clip, step."""
+        """One optimizer step: read the global batch, noise it once, accumulate the gradients of
+        this rank's micro-batches, clip, step."""
         cfg, accelerator = self.cfg, self.accelerator
-        # The whole accumulation window is read first: the FlexMDM normaliser is the step's.
-        batches = [next(self.data) for _ in range(cfg.training.gradient_accumulation_steps)]
-        plan = self.objective.plan_step(batches, self.world_size)
+        batch = next(self.data)  # (G, L): the same on every rank
+        plan = self.objective.plan_step([batch], self.world_size)
+        noised = self.objective.noise(batch, noise_generator(cfg.training.seed, self.step))
         parts = torch.zeros(3, dtype=torch.float64)  # loss, unmask, insert: sums of the shares
-        step_tokens = 0
-        for micro_step, batch in enumerate(batches):
-            out = self._micro_step(batch, plan, micro_step)
+        for micro_step in range(plan.accumulation_steps):
+            out = self._micro_step(noised, plan, micro_step)
             parts += torch.tensor(
                 [out.loss.item(), out.unmask_loss, out.insert_loss], dtype=torch.float64
             )
-            step_tokens += int(batch.lengths.sum())  # the global micro-batch: same on every rank
+        step_tokens = self.objective.count_tokens(
+            batch, plan.accumulation_steps * self.world_size
+        )  # the global batch: same on every rank
         max_norm = cfg.optimizer.max_grad_norm
         grad_norm = accelerator.clip_grad_norm_(
             self.model.parameters(), max_norm if max_norm is not None else float("inf")
@@ -343,19 +372,20 @@ class TrainingRecipe:
             tokens=step_tokens,
         )
 
-    def _micro_step(self, batch: Batch, plan: StepPlan, micro_step: int) -> MicroBatchOutput:
-        """This rank's share of one global micro-batch: objective loss, backward. Gradients are
+    def _micro_step(
+        self, noised: NoisedBatch | MDMNoisedBatch, plan: StepPlan, micro_step: int
+    ) -> MicroBatchOutput:
+        """This rank's micro-batch ``micro_step`` of the noised global batch (block
+        ``micro_step * W + rank`` of ``accumulation * W``): loss, backward. Gradients are
         all-reduced (DDP) / the DeepSpeed boundary is reached on the last micro-batch only."""
         accelerator = self.accelerator
         last = micro_step == plan.accumulation_steps - 1
         accelerator.sync_gradients = last
         sync_context = contextlib.nullcontext() if last else accelerator.no_sync(self.model)
-        generator = noise_generator(self.cfg.training.seed, self.step, micro_step)
+        index = micro_step * self.world_size + self.rank
+        local = self.objective.shard(noised, index, plan.accumulation_steps * self.world_size)
         with sync_context:
-            out = self.objective.micro_batch(
-                self.model, batch, plan, generator=generator, rank=self.rank,
-                world_size=self.world_size, device=accelerator.device, pad_to=self.pad_to,
-            )  # fmt: skip
+            out = self.objective.loss(self.model, local.to(accelerator.device), plan)
             # The recipe owns accumulation scaling: out.loss is already this micro-batch's share
             # of the step's loss (FlexMDM: the step's normaliser; MDM: 1 / accumulation steps).
             if self.deepspeed:
@@ -442,7 +472,8 @@ class TrainingRecipe:
             "objective": cfg.objective.name,
             "base_model": cfg.model.base,
             "world_size": self.world_size,
-            "global_batch_size": self.global_micro_batch * cfg.training.gradient_accumulation_steps,
+            "global_batch_size": self.size.global_batch_size,
+            "gradient_accumulation_steps": self.size.gradient_accumulation_steps,
             "final_loss": self.losses[-1] if self.losses else None,
             "recipe": self.recipe_path,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
@@ -484,22 +515,68 @@ def _parser() -> argparse.ArgumentParser:
         help="dotted overrides parsed as YAML scalars, e.g. training.max_steps=10 optimizer.lr=3e-5",
     )
     parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved recipe and exit"
+        "--print-config",
+        action="store_true",
+        help="print the recipe resolved for --world-size processes (derived accumulation, number "
+        "of optimizer steps) and exit",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --print-config: the number of processes to resolve for (default: WORLD_SIZE, 1)",
+    )
+    parser.add_argument(
+        "--count-records",
+        action="store_true",
+        help="with --print-config and an epochs budget on Hub data: read (download) the dataset to "
+        "count its records (local data is always counted)",
     )
     return parser
+
+
+def _is_local_data(cfg: TrainConfig) -> bool:
+    """Whether the recipe's data are local files (cheap to count for --print-config)."""
+    path = cfg.data.path
+    return path is not None and (
+        os.path.exists(os.path.expanduser(path)) or cfg.data.source not in ("auto", "hub")
+    )
+
+
+def print_config(cfg: TrainConfig, recipe: str, world_size: int, *, count: bool = False) -> int:
+    """Print ``cfg`` resolved for ``world_size`` processes (header lines: the batch split and the
+    optimizer steps); an ``epochs`` budget is converted when the data can be counted (local data,
+    or ``count``). Returns the exit code (2: the global batch does not divide)."""
+    try:
+        size = resolve_run_size(cfg, world_size)
+    except ConfigError as error:
+        print(f"retrofit train: invalid recipe: {error.at(recipe)}", file=sys.stderr)
+        return 2
+    counted = cfg.training.epochs is not None and (count or _is_local_data(cfg))
+    if counted:
+        size = resolve_run_size(cfg, world_size, num_records=count_records(cfg))
+    print(f"# {recipe} resolved for {world_size} process{'es' if world_size > 1 else ''}:")
+    for line in size.describe():
+        print(f"#   {line}")
+    if cfg.training.epochs is not None and not counted:
+        print("#   (Hub data: add --count-records to read the dataset and count them now)")
+    print(yaml.safe_dump(to_dict(resolved_config(cfg, size)), sort_keys=False))
+    return 0
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """``retrofit train RECIPE.yaml [key=value ...]``; returns the exit code."""
     args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    world_size = args.world_size or launched_world_size()
     try:
-        cfg = load_config(args.recipe, args.overrides)
+        # Resolving for the world size checks that the global batch divides (file:line errors).
+        cfg = load_config(args.recipe, args.overrides, world_size=world_size)
     except ConfigError as err:
         print(f"retrofit train: invalid recipe: {err}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return 0
+        return print_config(cfg, args.recipe, world_size, count=args.count_records)
     train(cfg, recipe_path=args.recipe)
     if launched_world_size() > 1:
         # torch + gloo abort at interpreter shutdown in a fraction of multi-process runs

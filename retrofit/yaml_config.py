@@ -344,10 +344,9 @@ def _coerce_union(value: Any, tp: Any, where: str) -> Any:
     if value is None and type(None) in args:
         return None
     options = [arg for arg in args if arg is not type(None)]
-    if len(options) == 1 and (
-        dataclasses.is_dataclass(options[0]) or typing.get_origin(options[0]) in (list, dict)
-    ):
-        return coerce(value, options[0], where)  # Optional[section]: its own error is precise
+    if len(options) == 1 and typing.get_origin(options[0]) is not Literal:
+        # Optional[X]: X's own error is the precise one (a Literal lists null among its choices).
+        return coerce(value, options[0], where)
     for arg in args:
         if arg is type(None):
             continue

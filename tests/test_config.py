@@ -60,7 +60,8 @@ def test_every_shipped_recipe_validates(recipe: Path) -> None:
 
 
 def test_llada_recipes_follow_the_paper_setting() -> None:
-    transfer = load_config(REPO / "recipes/llada-8b/transfer.yaml", check_files=False)
+    # The paper ran on 16 GPUs; the recipe states the global batch (128), the accumulation follows.
+    transfer = load_config(REPO / "recipes/llada-8b/transfer.yaml", check_files=False, world_size=16)
     assert transfer.data.kind == "pretrain" and transfer.data.max_length == 1024
     assert transfer.training.micro_batch_size == 4
     assert transfer.training.gradient_accumulation_steps == 2

@@ -1,10 +1,10 @@
-"""The data stream of the training loop: global micro-batches, identical on every rank.
+"""The data stream of the training loop: global batches, identical on every rank.
 
-Every rank reads the same stream of examples and builds the same *global* micro-batch
-(``micro_batch_size * world_size`` rows); the objective then noises it and each rank keeps its own
-rows. Reading (tokenising) the global batch on every rank costs a little CPU time per step, and
-buys exact data parallelism: the data position is one number for all ranks, and a run on W
-processes sees exactly the rows of one process with a W-times larger micro-batch.
+One item is the whole batch of one optimizer step (``training.global_batch_size`` rows), read
+(tokenised) by every rank: the objective noises it once, then each rank takes its micro-batches
+from it (the noised batch shards itself). The rows of a step, their noise and their split into
+slices of ``micro_batch_size`` rows are therefore the same on 1 or 16 processes: only which
+process computes which slice changes. The data position is one number for all ranks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["GlobalBatchStream", "build_data_stream"]
 
 
 class GlobalBatchStream:
-    """Global micro-batches (``micro_batch_size * world_size`` rows), identical on every rank.
+    """Global batches of ``global_batch_size`` rows (true lengths), identical on every rank.
 
     Wraps ``retrofit.data``'s resumable example stream and batch iterator; ``state_dict()`` is the
     data position stored in checkpoints (the same on every rank).
@@ -47,16 +47,9 @@ class GlobalBatchStream:
             data_cfg, tokenizer, rank=0, world_size=1, eos_token_id=special_ids.eos,
             mask_token_id=special_ids.mask,
         )  # fmt: skip
-        collator = Collator(
-            special_ids.pad,
-            eos_token_id=special_ids.eos if special_ids.eos is not None else special_ids.pad,
-            # FlexMDM pads x_t itself (pad_to_max_length); the MDM baseline's rows are EOS-filled.
-            pad_to="max_length"
-            if cfg.training.pad_to_max_length and cfg.objective.name == "mdm"
-            else "longest",
-            max_length=data_cfg.max_length,
-            objective=cfg.objective.name,
-        )
+        # Rows keep their true lengths (pad beyond): the objective pads what the model sees (the
+        # MDM baseline fills each micro-batch with EOS to its own width, FlexMDM trims x_t).
+        collator = Collator(special_ids.pad, max_length=data_cfg.max_length, objective="flexmdm")
         self.batches = BatchIterator(
             self.examples,
             collator,
@@ -68,7 +61,7 @@ class GlobalBatchStream:
         self._iterator: Iterator | None = None
 
     def __next__(self) -> Batch:
-        """The next global micro-batch: (W B, L) tensors, L its longest row."""
+        """The next global batch: (G, L) tensors, L its longest row."""
         if self._iterator is None:
             self._iterator = iter(self.batches)
         try:
@@ -100,5 +93,5 @@ def build_data_stream(
     global_batch_size: int,
     special_ids: SpecialIds,
 ) -> GlobalBatchStream:
-    """The global micro-batch stream of the recipe's ``data`` section."""
+    """The global batch stream of the recipe's ``data`` section (``global_batch_size`` rows each)."""
     return GlobalBatchStream(cfg, tokenizer, global_batch_size, special_ids)

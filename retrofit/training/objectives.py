@@ -1,19 +1,23 @@
 """The training objectives, one class each, chosen once from ``objective.name``.
 
-An objective turns one global micro-batch into this rank's share of the optimizer step's loss, in
-three stages that read the same for every objective (:meth:`Objective.micro_batch`):
+An optimizer step reads one global batch (G rows, the same on every rank) and runs, for every
+objective, the same stages:
 
-    noise the global batch  ->  keep this rank's rows (the noised batch shards itself)  ->  loss
+    plan_step (the step's normaliser)  ->  noise the global batch once  ->  for each micro-batch of
+    this rank: the noised batch shards itself (slice ``m * W + rank`` of ``accumulation * W``)
+    ->  loss  ->  backward
 
 * :class:`FlexMDMObjective` (spec sections 2-3): times stratified over the global batch, the
   insertion + unmasking forward process, ``flexmdm_loss`` divided by this rank's share of the step's
   normaliser (:func:`step_denominator`).
-* :class:`MDMObjective` (the LLaDA SFT baseline): mask ratios and masks on the response, ``mdm_loss``
-  (a mean over rows) divided by the number of accumulation micro-batches.
+* :class:`MDMObjective` (the LLaDA SFT baseline): mask ratios and masks on the response, each
+  micro-batch EOS-filled to its own longest row, ``mdm_loss`` (a mean over rows) divided by the
+  number of accumulation micro-batches.
 
-The noise of a global micro-batch comes from :func:`noise_generator` ``(seed, step, micro_step)``,
-identical on every rank: a run on W processes computes the gradient of one process with a W-times
-larger micro-batch, and a resumed run draws the same noise without any saved RNG state.
+The noise of a step comes from :func:`noise_generator` ``(seed, step, 0)`` and is drawn on the whole
+global batch, so it is identical on every rank and for every number of ranks: a run on W processes
+computes the gradient of one process on the same global batch, and a resumed run draws the same
+noise without any saved RNG state.
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ __all__ = [
 ]
 
 
-def noise_generator(seed: int, step: int, micro_step: int) -> torch.Generator:
-    """The generator of the noise of one global micro-batch: identical on every rank, and a pure
-    function of (seed, step, micro_step) so a resumed run draws the same noise."""
+def noise_generator(seed: int, step: int, micro_step: int = 0) -> torch.Generator:
+    """The generator of the noise of one global batch: identical on every rank, and a pure
+    function of (seed, step, micro_step) so a resumed run draws the same noise. The trainer noises
+    each step's global batch once (``micro_step = 0``)."""
     generator = torch.Generator()
     generator.manual_seed((seed * 1_000_003 + step * 1_009 + micro_step) % (2**63 - 1))
     return generator
@@ -106,31 +111,31 @@ def step_denominator(batches: Sequence[Batch], cfg: TrainConfig, world_size: int
 
 @dataclass
 class MDMNoisedBatch:
-    """A batch noised by the MDM baseline's forward process (LLaDA SFT: one mask ratio per row,
-    each response token masked with that probability). Rows are EOS-filled to the batch width."""
+    """A global batch noised by the MDM baseline's forward process (LLaDA SFT: one mask ratio per
+    row, each response token masked with that probability), every row EOS-filled to the batch
+    width L; a micro-batch keeps that filling up to its own width (:meth:`shard`)."""
 
-    input_ids: Tensor  # (B, L) long: the clean ids with masked positions set to the mask id
-    is_mask: Tensor  # (B, L) bool: masked positions
-    targets: Tensor  # (B, L) long: the clean ids
-    response_mask: Tensor  # (B, L) bool: the positions the loss trains on
-    lengths: Tensor  # (B,) long: row lengths (= L: the EOS filling is content)
-    mask_ratio: Tensor  # (B,) float: each row's mask ratio
+    input_ids: Tensor  # (G, L) long: the EOS-filled ids with masked positions set to the mask id
+    is_mask: Tensor  # (G, L) bool: masked positions
+    targets: Tensor  # (G, L) long: the EOS-filled clean ids
+    response_mask: Tensor  # (G, L) bool: the positions the loss trains on (EOS filling included)
+    lengths: Tensor  # (G,) long: true row lengths (without the EOS filling)
+    mask_ratio: Tensor  # (G,) float: each row's mask ratio
 
     def shard(
-        self, rank: int, world_size: int, *, pad_token_id: int, width: int | None = None
+        self, index: int, count: int, *, pad_token_id: int, width: int | None = None
     ) -> MDMNoisedBatch:
-        """Rank ``rank``'s contiguous block of ``B / world_size`` rows, cut or padded to ``width``
-        (default: its longest row); padding is ``pad_token_id`` / False."""
-        per_rank = self.lengths.shape[0] // world_size
-        rows = slice(rank * per_rank, (rank + 1) * per_rank)
-        lengths = self.lengths[rows]
-        width = int(lengths.max()) if width is None else width
+        """Slice ``index`` of ``count`` equal contiguous row blocks, its rows EOS-filled to
+        ``width`` (default: the block's longest row, as LLaDA pads a batch); ``lengths`` = width."""
+        per_slice = self.lengths.shape[0] // count
+        rows = slice(index * per_slice, (index + 1) * per_slice)
+        width = int(self.lengths[rows].max()) if width is None else width
         return MDMNoisedBatch(
             input_ids=fit_width(self.input_ids[rows], width, pad_token_id),
             is_mask=fit_width(self.is_mask[rows], width, False),
             targets=fit_width(self.targets[rows], width, pad_token_id),
             response_mask=fit_width(self.response_mask[rows], width, False),
-            lengths=lengths,
+            lengths=torch.full((per_slice,), width, dtype=torch.long),
             mask_ratio=self.mask_ratio[rows],
         )
 
@@ -140,8 +145,9 @@ class MDMNoisedBatch:
 
 
 class Objective:
-    """One training objective: ``plan_step`` once per optimizer step, then ``micro_batch`` for each
-    of its micro-batches (noise -> shard -> loss). Subclasses implement the three stages."""
+    """One training objective: ``plan_step`` and ``noise`` once per optimizer step on its global
+    batch, then ``loss`` for each micro-batch the noised batch shards into. ``width`` (the recipe's
+    ``pad_to_max_length``) pads every micro-batch to a fixed width instead of its longest row."""
 
     name: ClassVar[str]
 
@@ -150,24 +156,39 @@ class Objective:
         cfg: TrainConfig,
         special_ids: SpecialIds,
         schedules: tuple[Schedule, Schedule] | None = None,
+        *,
+        width: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.special_ids = special_ids
         self.schedules = schedules
+        self.width = width
 
     def plan_step(self, batches: Sequence[Batch], world_size: int) -> StepPlan:
-        """What the micro-batches of one optimizer step share (``batches``: all of them)."""
-        return StepPlan(accumulation_steps=len(batches))
+        """What the micro-batches of one optimizer step share (``batches``: the step's global
+        batch, or its parts)."""
+        return StepPlan(accumulation_steps=self.cfg.training.gradient_accumulation_steps or 1)
 
     def noise(self, batch: Batch, generator: torch.Generator) -> NoisedBatch | MDMNoisedBatch:
-        """The forward process on the whole global micro-batch (identical on every rank)."""
+        """The forward process on the whole global batch (identical on every rank)."""
         raise NotImplementedError
 
     def loss(
         self, model: torch.nn.Module, local: NoisedBatch | MDMNoisedBatch, plan: StepPlan
     ) -> MicroBatchOutput:
-        """Forward this rank's noised rows (on the model's device) and return its loss share."""
+        """Forward one noised micro-batch (on the model's device) and return its loss share."""
         raise NotImplementedError
+
+    def shard(
+        self, noised: NoisedBatch | MDMNoisedBatch, index: int, count: int
+    ) -> NoisedBatch | MDMNoisedBatch:
+        """Micro-batch ``index`` of ``count`` of a noised global batch (its own width)."""
+        return noised.shard(index, count, pad_token_id=self.special_ids.pad, width=self.width)
+
+    def count_tokens(self, batch: Batch, count: int) -> int:
+        """Data tokens a global batch split into ``count`` micro-batches trains on: the rows'
+        lengths (the MDM baseline adds the EOS filling of each micro-batch)."""
+        return int(batch.lengths.sum())
 
     def micro_batch(
         self,
@@ -179,12 +200,10 @@ class Objective:
         rank: int,
         world_size: int,
         device: torch.device,
-        pad_to: int | None = None,
     ) -> MicroBatchOutput:
-        """This rank's share of one global micro-batch ``batch`` ((W B, L) tensors): noise it,
-        keep rank ``rank``'s rows trimmed to their longest (or padded to ``pad_to``), loss."""
-        noised = self.noise(batch, generator)
-        local = noised.shard(rank, world_size, pad_token_id=self.special_ids.pad, width=pad_to)
+        """Rank ``rank``'s share of the global batch ``batch`` ((G, L) tensors) in one pass:
+        noise it, keep block ``rank`` of ``world_size``, loss (tests, benchmarks)."""
+        local = self.shard(self.noise(batch, generator), rank, world_size)
         out = self.loss(model, local.to(device), plan)
         per_rank = batch.lengths.shape[0] // world_size
         out.tokens = int(batch.lengths[rank * per_rank : (rank + 1) * per_rank].sum())
@@ -199,21 +218,28 @@ class FlexMDMObjective(Objective):
     def plan_step(self, batches: Sequence[Batch], world_size: int) -> StepPlan:
         """The step's normaliser is computed once from all its micro-batches (clean data only)."""
         return StepPlan(
-            accumulation_steps=len(batches),
+            accumulation_steps=self.cfg.training.gradient_accumulation_steps or 1,
             denominator=step_denominator(batches, self.cfg, world_size),
         )
 
-    def noise(self, batch: Batch, generator: torch.Generator) -> NoisedBatch:
-        """Times (stratified over the global batch) -> forward process; (W B, L) tensors."""
-        from retrofit.interpolant import forward_process, sample_times
+    def times(self, batch: Batch, generator: torch.Generator) -> Tensor:
+        """(G,) float: the time of every row of the global batch (stratified over all G rows
+        when ``objective.stratified_times``)."""
+        from retrofit.interpolant import sample_times
 
-        insertion, unmasking = self.schedules
-        times = sample_times(
+        return sample_times(
             batch.input_ids.shape[0],
             generator=generator,
             stratified=self.cfg.objective.stratified_times,
             eps=self.cfg.objective.time_eps,
-        )  # (W B,)
+        )
+
+    def noise(self, batch: Batch, generator: torch.Generator) -> NoisedBatch:
+        """Times (:meth:`times`) -> forward process; (G, L') tensors."""
+        from retrofit.interpolant import forward_process
+
+        insertion, unmasking = self.schedules
+        times = self.times(batch, generator)  # (G,)
         return forward_process(
             batch.input_ids,
             batch.lengths,
@@ -254,12 +280,19 @@ class MDMObjective(Objective):
     name = "mdm"
 
     def noise(self, batch: Batch, generator: torch.Generator) -> MDMNoisedBatch:
-        """Mask ratios and masks over the response of every row; (W B, L) tensors."""
+        """Rows EOS-filled to the batch width (or the fixed ``width``) -> mask ratios and masks
+        over everything but the prompt; (G, L) tensors."""
         from retrofit.objective import mdm_forward_process
 
+        eos = self.special_ids.eos if self.special_ids.eos is not None else self.special_ids.pad
+        width = self.width or batch.input_ids.shape[1]
+        positions = torch.arange(width)[None, :]  # (1, L)
+        beyond = positions >= batch.lengths[:, None]  # (G, L): the EOS filling
+        clean = torch.where(beyond, eos, fit_width(batch.input_ids, width, eos))  # (G, L)
+        response = ~fit_width(batch.protected, width, False)  # (G, L)
         noisy, is_masked, mask_ratio = mdm_forward_process(
-            batch.input_ids,
-            batch.response_mask,
+            clean,
+            response,
             mask_token_id=self.special_ids.mask,
             generator=generator,
             eps=self.cfg.objective.time_eps,
@@ -267,11 +300,20 @@ class MDMObjective(Objective):
         return MDMNoisedBatch(
             input_ids=noisy,
             is_mask=is_masked,
-            targets=batch.input_ids,
-            response_mask=batch.response_mask,
+            targets=clean,
+            response_mask=response,
             lengths=batch.lengths,
             mask_ratio=mask_ratio,
         )
+
+    def count_tokens(self, batch: Batch, count: int) -> int:
+        """Every micro-batch trains on its rows EOS-filled to its width: rows x width each."""
+        per_slice = batch.lengths.shape[0] // count
+        widths = [
+            self.width or int(batch.lengths[i * per_slice : (i + 1) * per_slice].max())
+            for i in range(count)
+        ]
+        return per_slice * sum(widths)
 
     def loss(
         self, model: torch.nn.Module, local: MDMNoisedBatch, plan: StepPlan
@@ -302,10 +344,12 @@ def build_objective(
     cfg: TrainConfig,
     special_ids: SpecialIds,
     schedules: tuple[Schedule, Schedule] | None = None,
+    *,
+    width: int | None = None,
 ) -> Objective:
     """The objective named by ``cfg.objective.name`` (``schedules``: insertion alpha, unmasking
-    beta; the FlexMDM objective needs them)."""
-    return OBJECTIVES[cfg.objective.name](cfg, special_ids, schedules)
+    beta; the FlexMDM objective needs them; ``width``: fixed micro-batch width or None)."""
+    return OBJECTIVES[cfg.objective.name](cfg, special_ids, schedules, width=width)
 
 
 def flexmdm_micro_batch(
@@ -322,15 +366,14 @@ def flexmdm_micro_batch(
     denominator: float,
     pad_to: int | None = None,
 ) -> MicroBatchOutput:
-    """One FlexMDM micro-batch (:meth:`FlexMDMObjective.micro_batch`) with the step's normaliser
-    share ``denominator`` (:func:`step_denominator`) given directly: ``batch`` is the global
-    micro-batch ((W B, L) tensors), ``generator`` its noise (:func:`noise_generator`)."""
-    objective = FlexMDMObjective(cfg, special_ids, schedules)
+    """Rank ``rank``'s FlexMDM loss on the global batch ``batch`` ((G, L) tensors) noised with
+    ``generator`` (:func:`noise_generator`), with the step's normaliser share ``denominator``
+    (:func:`step_denominator`) given directly."""
+    objective = FlexMDMObjective(cfg, special_ids, schedules, width=pad_to)
     plan = StepPlan(accumulation_steps=1, denominator=denominator)
     return objective.micro_batch(
-        model, batch, plan, generator=generator, rank=rank, world_size=world_size,
-        device=device, pad_to=pad_to,
-    )  # fmt: skip
+        model, batch, plan, generator=generator, rank=rank, world_size=world_size, device=device
+    )
 
 
 def mdm_micro_batch(
@@ -346,11 +389,10 @@ def mdm_micro_batch(
     accumulation_steps: int,
     pad_to: int | None = None,
 ) -> MicroBatchOutput:
-    """One MDM-baseline micro-batch (:meth:`MDMObjective.micro_batch`): ``batch`` is the global
-    micro-batch (rows EOS-filled to L), its loss divided by ``accumulation_steps``."""
-    objective = MDMObjective(cfg, special_ids)
+    """Rank ``rank``'s MDM-baseline loss on the global batch ``batch`` (true lengths; its rows
+    are EOS-filled here), divided by ``accumulation_steps``."""
+    objective = MDMObjective(cfg, special_ids, width=pad_to)
     plan = StepPlan(accumulation_steps=accumulation_steps)
     return objective.micro_batch(
-        model, batch, plan, generator=generator, rank=rank, world_size=world_size,
-        device=device, pad_to=pad_to,
-    )  # fmt: skip
+        model, batch, plan, generator=generator, rank=rank, world_size=world_size, device=device
+    )

@@ -12,7 +12,13 @@ from torch import Tensor
 
 from retrofit.config import TrainConfig
 
-__all__ = ["NO_DECAY_MARKERS", "build_lr_schedule", "build_optimizer", "lr_factor", "warmup_steps_for"]
+__all__ = [
+    "NO_DECAY_MARKERS",
+    "build_lr_schedule",
+    "build_optimizer",
+    "lr_factor",
+    "warmup_steps_for",
+]
 
 # Parameters whose name contains one of these never get weight decay (norm scales, biases).
 NO_DECAY_MARKERS = ("norm", "bias", "ln_f", "layernorm")
@@ -51,7 +57,9 @@ def _no_decay(name: str, param: Tensor) -> bool:
     return param.ndim < 2 or any(marker in lowered for marker in NO_DECAY_MARKERS)
 
 
-def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[str]]:
+def _param_groups(
+    model: torch.nn.Module, cfg: TrainConfig
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The AdamW groups (``lora`` / ``new`` / ``backbone``, each split into decayed and
     non-decayed) and one name per group; raises ValueError on an orphan trainable parameter."""
     opt_cfg = cfg.optimizer
