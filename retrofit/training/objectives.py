@@ -223,8 +223,10 @@ class FlexMDMObjective(Objective):
         )
 
     def times(self, batch: Batch, generator: torch.Generator) -> Tensor:
-        """(G,) float: the time of every row of the global batch (stratified over all G rows
-        when ``objective.stratified_times``)."""
+        """(G,) float: the time of every row of the global batch: with
+        ``objective.stratified_times``, one stratum of [0, 1) per row, assigned by a seeded random
+        permutation (t independent of the row's length and rank), balanced over aligned blocks of
+        rows when G is a power of two (each micro-batch of 2^k rows spans [0, 1))."""
         from retrofit.interpolant import sample_times
 
         return sample_times(
