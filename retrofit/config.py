@@ -120,25 +120,32 @@ class ObjectiveConfig:
 @dataclass
 class OptimizerConfig:
     """AdamW over parameter groups ``lora`` / ``new`` (time conditioning + insertion head) /
-    ``backbone`` (full fine-tuning). Each group's lr is ``lr * lr_multipliers[group]``; weight decay
-    is never applied to norms, biases or embeddings of the time MLP's norm layers."""
+    ``backbone`` (full fine-tuning). Each group's lr is ``lr * lr_multipliers[group]`` and its
+    weight decay ``group_weight_decay[group]`` (default ``weight_decay``); weight decay is not
+    applied to norms, biases and other vectors unless ``decay_norms_and_biases`` (the research
+    code decays every trainable parameter)."""
 
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
     lr_multipliers: dict[str, float] = field(default_factory=dict)
+    group_weight_decay: dict[str, float] = field(default_factory=dict)
+    decay_norms_and_biases: bool = False
     max_grad_norm: float | None = 1.0
 
 
 @dataclass
 class SchedulerConfig:
     """Linear warmup then a single half-cosine decay to ``min_lr_ratio * lr`` at ``max_steps``.
-    ``warmup_steps`` (if set) wins over ``warmup_ratio``."""
+    ``warmup_steps`` (if set) wins over ``warmup_ratio``. ``cycles`` is transformers' cosine
+    ``num_cycles``: the factor after warmup is ``0.5 (1 + cos(2 pi cycles progress))``; 0.5 is one
+    half-cosine (default); the research code ran 5 (five full up-and-down cycles), by mistake."""
 
     warmup_ratio: float = 0.05
     warmup_steps: int | None = None
     min_lr_ratio: float = 0.0
+    cycles: float = 0.5
 
 
 @dataclass
@@ -268,13 +275,15 @@ def _check_values(cfg: TrainConfig) -> None:
         )
     if cfg.optimizer.max_grad_norm is not None and cfg.optimizer.max_grad_norm <= 0:
         raise ConfigError("optimizer.max_grad_norm: must be > 0 (or null to disable clipping).")
-    for group, mult in cfg.optimizer.lr_multipliers.items():
-        if group not in PARAMETER_GROUPS:
-            raise ConfigError(
-                f"optimizer.lr_multipliers.{group}: unknown parameter group.{did_you_mean(group, PARAMETER_GROUPS)}"
-            )
-        if mult < 0:
-            raise ConfigError(f"optimizer.lr_multipliers.{group}: must be >= 0, got {mult}.")
+    for section in ("lr_multipliers", "group_weight_decay"):
+        for group, value in getattr(cfg.optimizer, section).items():
+            if group not in PARAMETER_GROUPS:
+                hint = did_you_mean(group, PARAMETER_GROUPS)
+                raise ConfigError(f"optimizer.{section}.{group}: unknown parameter group.{hint}")
+            if value < 0:
+                raise ConfigError(f"optimizer.{section}.{group}: must be >= 0, got {value}.")
+    if cfg.scheduler.cycles <= 0:
+        raise ConfigError(f"scheduler.cycles: must be > 0, got {cfg.scheduler.cycles}.")
     if not 0 <= cfg.scheduler.warmup_ratio <= 1:
         raise ConfigError(
             f"scheduler.warmup_ratio: must be in [0, 1], got {cfg.scheduler.warmup_ratio}."

@@ -24,14 +24,23 @@ __all__ = [
 NO_DECAY_MARKERS = ("norm", "bias", "ln_f", "layernorm")
 
 
-def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    *,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float = 0.0,
+    cycles: float = 0.5,
+) -> float:
     """Multiplier of the base lr at optimizer step ``step`` (0-based): linear warmup over
-    ``warmup_steps`` steps, then ONE half-cosine from 1 down to ``min_ratio`` at ``total_steps``."""
+    ``warmup_steps`` steps, then ONE half-cosine from 1 down to ``min_ratio`` at ``total_steps``
+    (``cycles = 0.5``; transformers' ``num_cycles``: ``cycles`` full cosine periods)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    cosine = math.cos(math.pi * (2.0 * cycles) * progress)  # 2 * 0.5 = 1: exactly cos(pi p)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + cosine)
 
 
 def warmup_steps_for(cfg: TrainConfig) -> int:
@@ -48,6 +57,7 @@ def build_lr_schedule(cfg: TrainConfig) -> partial[float]:
         warmup_steps=warmup_steps_for(cfg),
         total_steps=cfg.training.max_steps,
         min_ratio=cfg.scheduler.min_lr_ratio,
+        cycles=cfg.scheduler.cycles,
     )
 
 
@@ -70,10 +80,12 @@ def _param_groups(
         trainable = [(n, p) for n, p in named_params if p.requires_grad]
         seen.update(id(p) for _, p in trainable)
         lr = opt_cfg.lr * opt_cfg.lr_multipliers.get(group_name, 1.0)
-        decay = [p for n, p in trainable if not _no_decay(n, p)]
-        no_decay = [p for n, p in trainable if _no_decay(n, p)]
+        group_decay = opt_cfg.group_weight_decay.get(group_name, opt_cfg.weight_decay)
+        exempt = (lambda n, p: False) if opt_cfg.decay_norms_and_biases else _no_decay
+        decay = [p for n, p in trainable if not exempt(n, p)]
+        no_decay = [p for n, p in trainable if exempt(n, p)]
         for params, weight_decay, suffix in (
-            (decay, opt_cfg.weight_decay, ""),
+            (decay, group_decay, ""),
             (no_decay, 0.0, "/no_decay"),
         ):
             if params:  # DeepSpeed rejects empty groups
