@@ -441,16 +441,6 @@ def _data_config_class() -> type | None:
     return DataConfig
 
 
-def _located(error: ConfigError, raw: Mapping[str, Any]) -> ConfigError:
-    """``error`` pointing at the line of its key in the recipe: ``error.key``, else the dotted
-    key every message of this module starts with (``training.max_steps: must be >= 1``)."""
-    key = error.key
-    if key is None:
-        match = re.match(r"([A-Za-z_][\w.]*): ", error.message)
-        key = match.group(1) if match else None
-    return error.at(locate(raw, key)) if key else error
-
-
 def build_config(
     raw: Mapping[str, Any], *, recipe_path: Path | None = None, check_files: bool = True
 ) -> TrainConfig:
@@ -470,36 +460,36 @@ def build_config(
         if check_files:
             _check_files(cfg, recipe_path)
     except ConfigError as error:
-        raise _located(error, raw) from error.__cause__
+        raise located(error, raw) from error.__cause__
     return cfg
 
 
 def load_config(
-    path: str | os.PathLike[str],
-    overrides: Sequence[str] = (),
-    *,
-    check_files: bool = True,
-    world_size: int | None = None,
+    path: str | os.PathLike[str], overrides: Sequence[str] = (), *, check_files: bool = True
 ) -> TrainConfig:
-    """Load a recipe YAML, apply ``key=value`` overrides, and validate it.
-
-    With ``world_size``, the recipe is resolved for a launch on that many processes: the
-    accumulation that keeps ``training.global_batch_size`` is filled in (an ``epochs`` budget stays
-    unresolved: it needs the data, see :mod:`retrofit.training.run_size`).
+    """Load a recipe YAML, apply ``key=value`` overrides, and validate it. (For a launch on N
+    processes, :func:`retrofit.training.run_size.load_resolved` also derives the accumulation.)
 
     Raises ConfigError (a ValueError) naming the offending dotted key, and the file and line it
     was written at, on an unknown key (with a did-you-mean), a wrong type, an out-of-range value,
     or a missing local file; ConfigFileNotFoundError when the recipe itself does not exist.
     """
     recipe_path = Path(path)
-    raw = load_yaml(recipe_path, what="recipe", extends_key="extends")
-    raw = apply_overrides(raw, parse_overrides(overrides))
-    cfg = build_config(raw, recipe_path=recipe_path, check_files=check_files)
-    if world_size is None:
-        return cfg
-    from retrofit.training.run_size import resolve_run_size, resolved_config
+    raw = read_recipe(recipe_path, overrides)
+    return build_config(raw, recipe_path=recipe_path, check_files=check_files)
 
-    try:
-        return resolved_config(cfg, resolve_run_size(cfg, world_size))
-    except ConfigError as error:
-        raise _located(error, raw) from None
+
+def read_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> LocatedDict:
+    """The raw recipe mapping (``extends`` followed, overrides applied), keys located."""
+    raw = load_yaml(Path(path), what="recipe", extends_key="extends")
+    return apply_overrides(raw, parse_overrides(overrides))
+
+
+def located(error: ConfigError, raw: Mapping[str, Any]) -> ConfigError:
+    """``error`` pointing at the line of its key in the recipe ``raw``: ``error.key``, else the
+    dotted key every message of this module starts with (``training.max_steps: must be >= 1``)."""
+    key = error.key
+    if key is None:
+        match = re.match(r"([A-Za-z_][\w.]*): ", error.message)
+        key = match.group(1) if match else None
+    return error.at(locate(raw, key)) if key else error

@@ -56,15 +56,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from retrofit.config import ConfigError, TrainConfig, load_config, to_dict
-from retrofit.training.accelerator import (
-    build_accelerator,
-    configure_deepspeed,
-    is_deepspeed,
-    launched_world_size,
-)
-from retrofit.training.batches import GlobalBatchStream, build_data_stream
-from retrofit.training.checkpoint_names import (
+from retrofit.checkpoint_names import (
     COMPLETE_MARKER,
     FINAL_DIR,
     METRICS_FILE,
@@ -73,6 +65,14 @@ from retrofit.training.checkpoint_names import (
     TRAINABLE_WEIGHTS_FILE,
     TRAINER_STATE_FILE,
 )
+from retrofit.config import ConfigError, TrainConfig, to_dict
+from retrofit.training.accelerator import (
+    build_accelerator,
+    configure_deepspeed,
+    is_deepspeed,
+    launched_world_size,
+)
+from retrofit.training.batches import GlobalBatchStream, build_data_stream
 from retrofit.training.checkpointing import (
     CheckpointManager,
     find_latest_checkpoint,
@@ -92,7 +92,12 @@ from retrofit.training.objectives import (
     step_denominator,
 )
 from retrofit.training.optim import build_lr_schedule, build_optimizer, lr_factor, warmup_steps_for
-from retrofit.training.run_size import count_records, resolve_run_size, resolved_config
+from retrofit.training.run_size import (
+    count_records,
+    load_resolved,
+    resolve_run_size,
+    resolved_config,
+)
 
 if TYPE_CHECKING:
     from retrofit.interpolant import NoisedBatch
@@ -571,7 +576,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     world_size = args.world_size or launched_world_size()
     try:
         # Resolving for the world size checks that the global batch divides (file:line errors).
-        cfg = load_config(args.recipe, args.overrides, world_size=world_size)
+        cfg = load_resolved(args.recipe, args.overrides, world_size=world_size)
     except ConfigError as err:
         print(f"retrofit train: invalid recipe: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from retrofit.config import (
     to_dict,
 )
 from retrofit.data import DataConfig
+from retrofit.training.run_size import load_resolved
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -61,7 +62,9 @@ def test_every_shipped_recipe_validates(recipe: Path) -> None:
 
 def test_llada_recipes_follow_the_paper_setting() -> None:
     # The paper ran on 16 GPUs; the recipe states the global batch (128), the accumulation follows.
-    transfer = load_config(REPO / "recipes/llada-8b/transfer.yaml", check_files=False, world_size=16)
+    transfer = load_resolved(
+        REPO / "recipes/llada-8b/transfer.yaml", check_files=False, world_size=16
+    )
     assert transfer.data.kind == "pretrain" and transfer.data.max_length == 1024
     assert transfer.training.micro_batch_size == 4
     assert transfer.training.gradient_accumulation_steps == 2

@@ -21,6 +21,7 @@ import yaml
 
 from retrofit.config import load_config
 from retrofit.train import cli_main
+from retrofit.training.run_size import load_resolved
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -159,7 +160,7 @@ def test_time_is_independent_of_length_and_rank_on_the_bucketed_gsm8k_stream() -
     records = [json.loads(line) for line in GSM8K.read_text().splitlines()]
     tokenizer = build_bpe_tokenizer((r["question"] + "\n" + r["answer"] for r in records), 2048)
     recipe = REPO / "recipes" / "llada-8b" / "gsm8k.yaml"
-    cfg = load_config(recipe, [f"data.path={GSM8K}", "model.init_from=null"], world_size=16)
+    cfg = load_resolved(recipe, [f"data.path={GSM8K}", "model.init_from=null"], world_size=16)
     assert (cfg.training.global_batch_size, cfg.training.length_bucketing) == (128, 8)
     special_ids = resolve_special_ids(tokenizer)
     stream = GlobalBatchStream(cfg, tokenizer, cfg.training.global_batch_size, special_ids)

@@ -1,6 +1,6 @@
 """Checkpoints of a training run: atomic writes (temp dir + rename + ``COMPLETE`` marker), the
 last K kept, resume from the newest complete one, and the model export in the adapter format.
-File names come from :mod:`retrofit.training.checkpoint_names`."""
+File names come from :mod:`retrofit.checkpoint_names`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from retrofit.training.accelerator import is_deepspeed
-from retrofit.training.checkpoint_names import (
+from retrofit.checkpoint_names import (
     COMPLETE_MARKER,
     MODEL_DIR,
     STATE_DIR,
@@ -24,6 +23,7 @@ from retrofit.training.checkpoint_names import (
     checkpoint_name,
     checkpoint_step,
 )
+from retrofit.training.accelerator import is_deepspeed
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

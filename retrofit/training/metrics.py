@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrofit.checkpoint_names import METRICS_FILE
 from retrofit.config import TrainConfig, to_dict
-from retrofit.training.checkpoint_names import METRICS_FILE
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from retrofit.checkpoint_names import TINY_BASE_DIR
 from retrofit.config import TINY_RANDOM, ConfigError, TrainConfig
-from retrofit.training.checkpoint_names import TINY_BASE_DIR
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

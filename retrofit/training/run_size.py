@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from retrofit.config import ConfigError, TrainConfig
+from retrofit.config import ConfigError, TrainConfig, build_config, located, read_recipe
 
-__all__ = ["RunSize", "count_records", "resolve_run_size", "resolved_config"]
+__all__ = ["RunSize", "count_records", "load_resolved", "resolve_run_size", "resolved_config"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +129,21 @@ def count_records(cfg: TrainConfig) -> int:
     from retrofit.data import load_records
 
     return len(load_records(cfg.data))
+
+
+def load_resolved(
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    world_size: int,
+    check_files: bool = True,
+) -> TrainConfig:
+    """:func:`retrofit.config.load_config` resolved for a launch on ``world_size`` processes: the
+    accumulation that keeps ``training.global_batch_size`` filled in (an ``epochs`` budget stays
+    in epochs: it needs the data, see :func:`count_records`). Errors name the recipe's file:line."""
+    raw = read_recipe(path, overrides)
+    cfg = build_config(raw, recipe_path=Path(path), check_files=check_files)
+    try:
+        return resolved_config(cfg, resolve_run_size(cfg, world_size))
+    except ConfigError as error:
+        raise located(error, raw) from None

@@ -15,7 +15,9 @@ A run directory (``output_dir``) holds::
     tiny-random-base/        the random backbone of a `model.base: tiny-random` run
 
 Everything that reads or writes these (the trainer, ``retrofit.hub``'s model card, the demo)
-imports the names from here. This module imports nothing but the standard library.
+imports the names from here. This module imports nothing but the standard library, so any layer
+may import it. (The files inside ``model/`` -- ``retrofit_config.json``, the adapter weights --
+are the adapter format's, owned by ``retrofit.adapter``.)
 """
 
 from __future__ import annotations
