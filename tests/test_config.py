@@ -303,7 +303,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         ("transfer-paper", "transfer", {
             "output_dir", "model.adapter_overrides.schedules.insertion",
             "model.adapter_overrides.schedules.unmasking", "model.adapter_overrides.head.init_gap",
-            "model.adapter_overrides", "objective.stratified_times",
+            "model.adapter_overrides",
             "optimizer.group_weight_decay.lora", "optimizer.group_weight_decay",
             "optimizer.decay_norms_and_biases", "scheduler.cycles",
         }),
