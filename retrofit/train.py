@@ -479,6 +479,8 @@ class TrainingRecipe:
             "world_size": self.world_size,
             "global_batch_size": self.size.global_batch_size,
             "gradient_accumulation_steps": self.size.gradient_accumulation_steps,
+            "epochs": self.size.epochs,
+            "records_per_epoch": self.size.num_records,
             "final_loss": self.losses[-1] if self.losses else None,
             "recipe": self.recipe_path,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,

@@ -556,3 +556,22 @@ def test_the_research_lr_schedule_and_weight_decay_are_available(tmp_path: Path)
     by_name = dict(zip(names, optimizer.param_groups, strict=True))
     assert set(names) == {"lora", "new"}  # nothing exempt from decay
     assert by_name["lora"]["weight_decay"] == 0.0 and by_name["new"]["weight_decay"] == 0.1
+
+
+def test_an_epochs_budget_becomes_steps_at_launch(tmp_path: Path) -> None:
+    """training.epochs with a fixed global batch: ceil(epochs x records / global batch) optimizer
+    steps, the accumulation derived (1 process x micro-batch 2 x 2 = 4); the saved recipe states
+    the resolved steps and loads again."""
+    recipe = REPO / "recipes" / "tiny" / "flexmdm-gsm8k.yaml"  # data.max_records: 512
+    result = _run(
+        recipe, tmp_path, "training.max_steps=null", "training.epochs=0.01",
+        "training.global_batch_size=4", "training.micro_batch_size=2", "checkpoint.save_every=1000",
+    )  # fmt: skip
+    assert result.steps == 2 == math.ceil(0.01 * 512 / 4)
+    saved = load_config(tmp_path / "recipe.yaml")
+    assert (saved.training.max_steps, saved.training.epochs) == (2, None)
+    assert saved.training.gradient_accumulation_steps == 2
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert (summary["epochs"], summary["records_per_epoch"], summary["global_batch_size"]) == (
+        0.01, 512, 4
+    )  # fmt: skip

@@ -110,11 +110,14 @@ def resolve_run_size(
 
 def resolved_config(cfg: TrainConfig, size: RunSize) -> TrainConfig:
     """A copy of ``cfg`` with the derived accumulation and (once known) the step budget filled in;
-    what a launch on ``size.world_size`` processes runs and saves as ``recipe.yaml``."""
+    what a launch on ``size.world_size`` processes runs and saves as ``recipe.yaml``. An epochs
+    budget, once converted, becomes ``max_steps`` (``epochs: null``), so the saved recipe loads
+    again and means the same run."""
     resolved = copy.deepcopy(cfg)
     resolved.training.gradient_accumulation_steps = size.gradient_accumulation_steps
     if size.max_steps is not None:
         resolved.training.max_steps = size.max_steps
+        resolved.training.epochs = None
     return resolved
 
 
