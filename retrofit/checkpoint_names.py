@@ -17,7 +17,7 @@ A run directory (``output_dir``) holds::
 Everything that reads or writes these (the trainer, ``retrofit.hub``'s model card, the demo)
 imports the names from here. This module imports nothing but the standard library, so any layer
 may import it. (The files inside ``model/`` -- ``retrofit_config.json``, the adapter weights --
-are the adapter format's, owned by ``retrofit.adapter``.)
+are the adapter format's: ``retrofit.checkpoint_io`` names them.)
 """
 
 from __future__ import annotations
