@@ -3,9 +3,10 @@
 A recipe (``recipes/<model>/<stage>.yaml``) is a YAML mapping whose sections mirror the dataclasses
 below (``model``, ``data``, ``objective``, ``optimizer``, ``scheduler``, ``training``,
 ``checkpoint``, ``logging``) plus a few top-level keys (``output_dir``, ``push_to_hub``, ...).
-Loading is strict: an unknown key is an error (with a did-you-mean), a value of the wrong type is an
-error naming the dotted key, and a path that must exist (a local base model, an adapter spec file,
-local data files, an explicit resume checkpoint) is checked before any model is built.
+Loading goes through the one strict loader, :mod:`retrofit.yaml_config`: an unknown key is an error
+(with a did-you-mean), a value of the wrong type is an error naming the dotted key, and both name
+the file and line it was written at; a path that must exist (a local base model, an adapter spec
+file, local data files, an explicit resume checkpoint) is checked before any model is built.
 
 Overrides from the command line are ``dotted.key=value`` strings whose value is parsed as a YAML
 scalar (``training.max_steps=10``, ``optimizer.lr=3e-5``, ``logging.report_to=[tensorboard]``,
@@ -18,16 +19,25 @@ recipe is loaded first and this one's keys are merged over it, section by sectio
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from retrofit.yaml_config import (
+    ConfigError,
+    LocatedDict,
+    apply_overrides,
+    coerce,
+    did_you_mean,
+    from_dict,
+    load_yaml,
+    locate,
+    parse_overrides,
+    to_dict,
+)
 
 __all__ = [
     "CheckpointConfig",
@@ -50,10 +60,8 @@ __all__ = [
 # The base-model value that builds a small random LLaDA on the fly (tests, CPU demos: no download).
 TINY_RANDOM = "tiny-random"
 PARAMETER_GROUPS = ("lora", "new", "backbone")
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the dotted key and how to fix it."""
+# The budget of a recipe that states neither training.max_steps nor training.epochs.
+DEFAULT_MAX_STEPS = 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,41 +120,61 @@ class ObjectiveConfig:
 @dataclass
 class OptimizerConfig:
     """AdamW over parameter groups ``lora`` / ``new`` (time conditioning + insertion head) /
-    ``backbone`` (full fine-tuning). Each group's lr is ``lr * lr_multipliers[group]``; weight decay
-    is never applied to norms, biases or embeddings of the time MLP's norm layers."""
+    ``backbone`` (full fine-tuning). Each group's lr is ``lr * lr_multipliers[group]`` and its
+    weight decay ``group_weight_decay[group]`` (default ``weight_decay``); weight decay is not
+    applied to norms, biases and other vectors unless ``decay_norms_and_biases`` (the research
+    code decays every trainable parameter)."""
 
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
     lr_multipliers: dict[str, float] = field(default_factory=dict)
+    group_weight_decay: dict[str, float] = field(default_factory=dict)
+    decay_norms_and_biases: bool = False
     max_grad_norm: float | None = 1.0
 
 
 @dataclass
 class SchedulerConfig:
     """Linear warmup then a single half-cosine decay to ``min_lr_ratio * lr`` at ``max_steps``.
-    ``warmup_steps`` (if set) wins over ``warmup_ratio``."""
+    ``warmup_steps`` (if set) wins over ``warmup_ratio``. ``cycles`` is transformers' cosine
+    ``num_cycles``: the factor after warmup is ``0.5 (1 + cos(2 pi cycles progress))``; 0.5 is one
+    half-cosine (default); the research code ran 5 (five full up-and-down cycles), by mistake."""
 
     warmup_ratio: float = 0.05
     warmup_steps: int | None = None
     min_lr_ratio: float = 0.0
+    cycles: float = 0.5
 
 
 @dataclass
 class TrainingConfig:
-    """Loop sizes and numerics. ``micro_batch_size`` is per process; the global batch is
-    ``micro_batch_size * gradient_accumulation_steps * world_size`` sequences.
+    """Budget, batch sizes and numerics.
+
+    The global batch is the recipe's invariant: ``global_batch_size`` sequences per optimizer step,
+    whatever the number of processes W. ``micro_batch_size`` is per process and forward pass; the
+    accumulation is derived at launch, ``gradient_accumulation_steps = global_batch_size / (W x
+    micro_batch_size)`` (an error when that does not divide): leave it unset, or it must agree.
+    Without ``global_batch_size`` (small CPU recipes), the global batch is ``W x micro_batch_size
+    x gradient_accumulation_steps`` (default 1), i.e. it grows with W.
+    ``retrofit train RECIPE --print-config --world-size N`` prints what a launch on N processes uses.
+
+    Budget, one of: ``max_steps`` optimizer steps, or ``epochs`` passes over the training records
+    (converted at launch to ``ceil(epochs x records / global_batch_size)`` steps; map-style data
+    only; a record is one row except for chunked pretraining documents). Neither: 1000 steps.
 
     Batches are dynamic-length (x_t trimmed to its longest row); ``length_bucketing = k > 1`` sorts
-    k batches' worth of examples by length and cuts them into k batches of similar lengths;
-    ``pad_to_max_length`` pads every batch to ``data.max_length`` instead (the research code's
-    fixed buffer; for comparisons only). ``mixed_precision: bf16`` autocasts the forward pass
-    while the trainable weights (and their optimizer states) stay fp32."""
+    k global batches' worth of examples by length and cuts them into k global batches of similar
+    lengths; ``pad_to_max_length`` pads every batch to ``data.max_length`` instead (the research
+    code's fixed buffer; for comparisons only). ``mixed_precision: bf16`` autocasts the forward
+    pass while the trainable weights (and their optimizer states) stay fp32."""
 
-    max_steps: int = 1000
+    max_steps: int | None = None
+    epochs: float | None = None
+    global_batch_size: int | None = None
     micro_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int | None = None
     mixed_precision: Literal["no", "bf16"] = "bf16"
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -210,247 +238,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Generic typed loading
-# ---------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    """A readable name for a type annotation (for error messages)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(v) for v in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _did_you_mean(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    hint = f" did you mean {close[0]!r}?" if close else ""
-    return f"{hint} Valid keys: {', '.join(sorted(valid))}."
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check (and gently coerce) ``value`` against the annotation ``tp``; raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(
-            f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})."
-        )
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}.{hint}"
-            )
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(
-                f"{where}: expected a mapping (section {tp.__name__}), got {value!r}."
-            )
-        return from_dict(tp, value, prefix=where)
-    if origin in (list, Sequence, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list ({_type_name(tp)}), got {value!r}.")
-        args = typing.get_args(tp)
-        item_tp = args[0] if args else Any
-        return [_coerce(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping ({_type_name(tp)}), got {value!r}.")
-        args = typing.get_args(tp)
-        value_tp = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(
-                f"{where}: expected true/false, got {value!r} ({type(value).__name__})."
-            )
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(
-                f"{where}: expected an integer, got {value!r} ({type(value).__name__})."
-            )
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}.")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r} ({type(value).__name__}).")
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"{where}: expected a string, got {value!r} ({type(value).__name__}); quote it in YAML."
-            )
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}.")
-        return value
-    return value
-
-
-def from_dict(cls: type, data: Mapping[str, Any], *, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, strictly: unknown keys, wrong types and missing
-    required fields raise ConfigError naming the dotted key (``prefix.key``)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key.{_did_you_mean(str(key), list(fields))}")
-        kwargs[key] = _coerce(value, hints[key], where)
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-    ]
-    if missing:
-        where = prefix or "recipe"
-        raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}.")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:  # a dataclass's own __post_init__ validation
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{prefix or 'recipe'}: {err}") from err
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass tree as plain YAML/JSON-serialisable Python (for saving the resolved recipe)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# Overrides
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_overrides(items: Sequence[str]) -> list[tuple[list[str], Any]]:
-    """Parse ``["training.max_steps=10", ...]`` into ``[(["training", "max_steps"], 10), ...]``.
-
-    Values are YAML scalars (or flow collections): ``10`` -> int, ``3e-5`` -> float, ``true`` ->
-    bool, ``null`` -> None, ``[a, b]`` -> list. A bare ``--key=value`` is accepted too.
-    """
-    parsed = []
-    for item in items:
-        text = item.removeprefix("--")
-        if "=" not in text:
-            raise ConfigError(
-                f"override {item!r}: expected dotted.key=value (e.g. training.max_steps=10)."
-            )
-        key, raw = text.split("=", 1)
-        parts = [p for p in key.strip().split(".")]
-        if not key.strip() or any(not p for p in parts):
-            raise ConfigError(f"override {item!r}: empty key segment in {key!r}.")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({err}).") from err
-        parsed.append((parts, value))
-    return parsed
-
-
-def apply_overrides(
-    raw: dict[str, Any], overrides: Sequence[tuple[list[str], Any]]
-) -> dict[str, Any]:
-    """Set each dotted key in the raw recipe mapping (creating sections as needed); returns ``raw``."""
-    for parts, value in overrides:
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                dotted = ".".join(parts[: depth + 1])
-                raise ConfigError(
-                    f"override {'.'.join(parts)}: {dotted} is {child!r}, not a section."
-                )
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe mapping, following ``extends`` (relative to the file)."""
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} does not exist (looked in {Path.cwd()}).")
-    if path.resolve() in seen:
-        raise ConfigError(
-            f"recipe {str(path)!r}: `extends` cycle through {[str(p) for p in seen]}."
-        )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"recipe {str(path)!r}: top level must be a mapping, got {type(raw).__name__}."
-        )
-    parent = raw.pop("extends", None)
-    if parent is not None:
-        if not isinstance(parent, str):
-            raise ConfigError(f"recipe {str(path)!r}: `extends` must be a path string.")
-        base = _read_yaml((path.parent / parent), seen + (path.resolve(),))
-        raw = _deep_merge(base, raw)
-    return raw
-
-
-# ---------------------------------------------------------------------------------------------
 # Validation beyond types: cross-field rules and files that must exist
 # ---------------------------------------------------------------------------------------------
 
@@ -465,6 +252,7 @@ def _check_values(cfg: TrainConfig) -> None:
         "training.max_steps": cfg.training.max_steps,
         "training.micro_batch_size": cfg.training.micro_batch_size,
         "training.gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
+        "training.global_batch_size": cfg.training.global_batch_size,
         "training.length_bucketing": cfg.training.length_bucketing,
         "checkpoint.save_every": cfg.checkpoint.save_every,
         "checkpoint.keep_last": cfg.checkpoint.keep_last,
@@ -472,8 +260,9 @@ def _check_values(cfg: TrainConfig) -> None:
         "objective.fixed_length": cfg.objective.fixed_length,
     }
     for key, value in positive.items():
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}.")
+    _check_budget(cfg)
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr: must be > 0, got {cfg.optimizer.lr}.")
     if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
@@ -486,13 +275,15 @@ def _check_values(cfg: TrainConfig) -> None:
         )
     if cfg.optimizer.max_grad_norm is not None and cfg.optimizer.max_grad_norm <= 0:
         raise ConfigError("optimizer.max_grad_norm: must be > 0 (or null to disable clipping).")
-    for group, mult in cfg.optimizer.lr_multipliers.items():
-        if group not in PARAMETER_GROUPS:
-            raise ConfigError(
-                f"optimizer.lr_multipliers.{group}: unknown parameter group.{_did_you_mean(group, PARAMETER_GROUPS)}"
-            )
-        if mult < 0:
-            raise ConfigError(f"optimizer.lr_multipliers.{group}: must be >= 0, got {mult}.")
+    for section in ("lr_multipliers", "group_weight_decay"):
+        for group, value in getattr(cfg.optimizer, section).items():
+            if group not in PARAMETER_GROUPS:
+                hint = did_you_mean(group, PARAMETER_GROUPS)
+                raise ConfigError(f"optimizer.{section}.{group}: unknown parameter group.{hint}")
+            if value < 0:
+                raise ConfigError(f"optimizer.{section}.{group}: must be >= 0, got {value}.")
+    if cfg.scheduler.cycles <= 0:
+        raise ConfigError(f"scheduler.cycles: must be > 0, got {cfg.scheduler.cycles}.")
     if not 0 <= cfg.scheduler.warmup_ratio <= 1:
         raise ConfigError(
             f"scheduler.warmup_ratio: must be in [0, 1], got {cfg.scheduler.warmup_ratio}."
@@ -509,6 +300,26 @@ def _check_values(cfg: TrainConfig) -> None:
     if cfg.data is None:
         raise ConfigError(
             "data: missing section (which dataset to train on); see recipes/tiny/*.yaml."
+        )
+
+
+def _check_budget(cfg: TrainConfig) -> None:
+    """One budget: ``max_steps`` or ``epochs`` (neither: ``DEFAULT_MAX_STEPS``, filled in here)."""
+    training = cfg.training
+    if training.max_steps is not None and training.epochs is not None:
+        raise ConfigError(
+            f"training.epochs: the budget is either max_steps ({training.max_steps}) or epochs "
+            f"({training.epochs}); set the other to null (e.g. training.max_steps=null)."
+        )
+    if training.epochs is not None and training.epochs <= 0:
+        raise ConfigError(f"training.epochs: must be > 0, got {training.epochs}.")
+    if training.max_steps is None and training.epochs is None:
+        training.max_steps = DEFAULT_MAX_STEPS
+    global_batch, micro = training.global_batch_size, training.micro_batch_size
+    if global_batch is not None and global_batch % micro:
+        raise ConfigError(
+            f"training.global_batch_size: {global_batch} is not a multiple of "
+            f"training.micro_batch_size={micro}; choose a micro-batch that divides it."
         )
 
 
@@ -633,30 +444,52 @@ def _data_config_class() -> type | None:
 def build_config(
     raw: Mapping[str, Any], *, recipe_path: Path | None = None, check_files: bool = True
 ) -> TrainConfig:
-    """Validate a raw recipe mapping into a TrainConfig (types, values, and files)."""
-    raw = dict(raw)
-    data_raw = raw.pop("data", None)
-    cfg = from_dict(TrainConfig, raw)
+    """Validate a raw recipe mapping into a TrainConfig (types, values, and files). When ``raw``
+    was read by :func:`retrofit.yaml_config.load_yaml`, errors name the file and line."""
+    top = LocatedDict((key, value) for key, value in raw.items() if key != "data")
+    top.locations.update(getattr(raw, "locations", {}))
+    cfg = from_dict(TrainConfig, top, what="recipe")
+    data_raw = raw.get("data")
     data_cls = _data_config_class()
-    if data_raw is not None and data_cls is not None:
-        cfg.data = _coerce(data_raw, data_cls, "data")
-    else:
-        cfg.data = data_raw
-    _check_values(cfg)
-    if check_files:
-        _check_files(cfg, recipe_path)
+    try:
+        if data_raw is not None and data_cls is not None:
+            cfg.data = coerce(data_raw, data_cls, "data")
+        else:
+            cfg.data = data_raw
+        _check_values(cfg)
+        if check_files:
+            _check_files(cfg, recipe_path)
+    except ConfigError as error:
+        raise located(error, raw) from error.__cause__
     return cfg
 
 
 def load_config(
     path: str | os.PathLike[str], overrides: Sequence[str] = (), *, check_files: bool = True
 ) -> TrainConfig:
-    """Load a recipe YAML, apply ``key=value`` overrides, and validate it.
+    """Load a recipe YAML, apply ``key=value`` overrides, and validate it. (For a launch on N
+    processes, :func:`retrofit.training.run_size.load_resolved` also derives the accumulation.)
 
-    Raises ConfigError (a ValueError) naming the offending dotted key on an unknown key (with a
-    did-you-mean), a wrong type, an out-of-range value, or a missing local file.
+    Raises ConfigError (a ValueError) naming the offending dotted key, and the file and line it
+    was written at, on an unknown key (with a did-you-mean), a wrong type, an out-of-range value,
+    or a missing local file; ConfigFileNotFoundError when the recipe itself does not exist.
     """
     recipe_path = Path(path)
-    raw = _read_yaml(recipe_path)
-    raw = apply_overrides(raw, parse_overrides(overrides))
+    raw = read_recipe(recipe_path, overrides)
     return build_config(raw, recipe_path=recipe_path, check_files=check_files)
+
+
+def read_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> LocatedDict:
+    """The raw recipe mapping (``extends`` followed, overrides applied), keys located."""
+    raw = load_yaml(Path(path), what="recipe", extends_key="extends")
+    return apply_overrides(raw, parse_overrides(overrides))
+
+
+def located(error: ConfigError, raw: Mapping[str, Any]) -> ConfigError:
+    """``error`` pointing at the line of its key in the recipe ``raw``: ``error.key``, else the
+    dotted key every message of this module starts with (``training.max_steps: must be >= 1``)."""
+    key = error.key
+    if key is None:
+        match = re.match(r"([A-Za-z_][\w.]*): ", error.message)
+        key = match.group(1) if match else None
+    return error.at(locate(raw, key)) if key else error

@@ -38,8 +38,10 @@ __all__ = [
     "MIN_INSERTION_TIME",
     "NoisedBatch",
     "build_noised_batch",
+    "fit_width",
     "forward_process",
     "gap_counts_from_keep",
+    "random_strata",
     "sample_times",
 ]
 
@@ -71,6 +73,37 @@ class NoisedBatch:
         """(B,) long: non-protected x1 tokens per row = (present - protected) + absent."""
         return self.lengths - self.protected.sum(dim=1) + self.gap_counts.sum(dim=1)
 
+    def shard(
+        self, index: int, count: int, *, pad_token_id: int, width: int | None = None
+    ) -> NoisedBatch:
+        """Block ``index`` of ``count`` equal contiguous row blocks (a rank's rows, or one
+        micro-batch of a noised global batch), cut (or right-padded) to ``width`` positions, by
+        default its own longest x_t (``gap_counts`` to ``width + 1`` slots). Padding uses
+        ``pad_token_id`` for ids and targets, False for flags and 0 for gap counts. Returns
+        (B / count, width) tensors."""
+        per_block = self.lengths.shape[0] // count
+        rows = slice(index * per_block, (index + 1) * per_block)
+        lengths = self.lengths[rows]  # (B / count,)
+        width = int(lengths.max()) if width is None else width
+        return NoisedBatch(
+            input_ids=fit_width(self.input_ids[rows], width, pad_token_id),
+            lengths=lengths,
+            is_mask=fit_width(self.is_mask[rows], width, False),
+            targets=fit_width(self.targets[rows], width, pad_token_id),
+            gap_counts=fit_width(self.gap_counts[rows], width + 1, 0),
+            protected=fit_width(self.protected[rows], width, False),
+            t=self.t[rows],
+        )
+
+
+def fit_width(tensor: Tensor, width: int, value: int | bool) -> Tensor:
+    """A (B, L) tensor cut to its first ``width`` columns, or right-padded with ``value`` to them."""
+    tensor = tensor[:, :width]
+    missing = width - tensor.shape[1]
+    if missing <= 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, missing), value=value)
+
 
 def sample_times(
     batch_size: int,
@@ -85,10 +118,63 @@ def sample_times(
     """Draw FlexMDM training times ``t = (1 - eps) u + eps``, u in [0, 1).  Returns (B,) float32.
 
     With ``stratified=True`` u is low-discrepancy across the global batch: on rank r of W with
-    micro-batch B, ``u_i = (i + r B + U_i) / (B W)``, so the B * W times of one step cover [0, 1)
-    with exactly one draw per stratum of width 1 / (B W). Every rank must pass its own ``rank`` and
-    a generator seeded differently per rank (or the same seed: strata differ, only offsets repeat).
+    batch B, ``u_i = (pi(i) + r B + U_i) / (B W)``, so the B * W times of one step cover [0, 1)
+    with exactly one draw per stratum of width 1 / (B W). ``pi`` is a random permutation drawn
+    from ``generator`` (:func:`random_strata`): which row gets which stratum is random, so t is
+    independent of the row's position, hence of its length in length-bucketed batches (sorted by
+    length), where "row i gets stratum i" made t follow the length. For B a power of two the
+    permutation is also balanced: every aligned block of 2^k rows (a micro-batch of 2^k rows, the
+    rows of one rank) holds one stratum in each 1 / 2^k of [0, 1).
+
+    The trainer draws the times of the whole global batch at once (``rank=0, world_size=1``).
+    Per-rank use (``rank``, ``world_size``) keeps rank r on the strata block r; pass the same
+    ``world_size`` on every rank and a generator seeded differently per rank (or the same seed:
+    strata differ, only offsets repeat).
     """
+    _check_time_args(batch_size, rank, world_size, eps)
+    sample_device = generator.device if generator is not None else device
+    uniform = torch.rand(batch_size, generator=generator, device=sample_device)  # (B,)
+    if stratified:
+        strata = random_strata(batch_size, generator=generator, device=sample_device)  # (B,)
+        offsets = strata.to(device=uniform.device, dtype=torch.float32)
+        uniform = (offsets + rank * batch_size + uniform) / (batch_size * world_size)
+        # Rounding can push (B W - 1 + U) / (B W) onto 1.0; keep u < 1 as in the plain case.
+        uniform = uniform.clamp(max=1.0 - 2.0**-24)
+    times = (1.0 - eps) * uniform + eps
+    return times.to(device) if device is not None else times
+
+
+def random_strata(
+    size: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(size,) long: a random permutation ``pi`` of 0..size-1 assigning strata to rows.
+
+    For ``size = 2^m``: the bit-reversal permutation (row i -> i's m bits reversed: every aligned
+    block of 2^k rows covers the 2^k coarse strata blocks once) with Owen's nested random digit
+    scrambling (each bit flipped by a random bit chosen by the bits above it), which keeps that
+    balance and makes every row's stratum uniform over 0..size-1. Other sizes: a uniformly random
+    permutation.
+    """
+    bits = size.bit_length() - 1
+    if size != 1 << bits:
+        return torch.randperm(size, generator=generator, device=device)
+    rows = torch.arange(size, device=device)
+    reversed_rows = torch.zeros_like(rows)
+    for bit in range(bits):
+        reversed_rows |= ((rows >> bit) & 1) << (bits - 1 - bit)
+    strata = torch.zeros_like(rows)
+    for level in range(bits):  # most significant digit first
+        shift = bits - 1 - level
+        flips = torch.randint(0, 2, (1 << level,), generator=generator, device=device)
+        prefix = reversed_rows >> (shift + 1)  # the digits above this one (before scrambling)
+        strata |= (((reversed_rows >> shift) & 1) ^ flips[prefix]) << shift
+    return strata
+
+
+def _check_time_args(batch_size: int, rank: int, world_size: int, eps: float) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
@@ -97,15 +183,6 @@ def sample_times(
         raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must be in [0, 1), got {eps}")
-    sample_device = generator.device if generator is not None else device
-    uniform = torch.rand(batch_size, generator=generator, device=sample_device)  # (B,)
-    if stratified:
-        offsets = torch.arange(batch_size, device=uniform.device, dtype=torch.float32)
-        uniform = (offsets + rank * batch_size + uniform) / (batch_size * world_size)
-        # Rounding can push (B W - 1 + U) / (B W) onto 1.0; keep u < 1 as in the plain case.
-        uniform = uniform.clamp(max=1.0 - 2.0**-24)
-    times = (1.0 - eps) * uniform + eps
-    return times.to(device) if device is not None else times
 
 
 def _check_int_tensor(name: str, tensor: object) -> Tensor:

@@ -18,6 +18,7 @@ from retrofit.config import (
     to_dict,
 )
 from retrofit.data import DataConfig
+from retrofit.training.run_size import load_resolved
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -60,7 +61,10 @@ def test_every_shipped_recipe_validates(recipe: Path) -> None:
 
 
 def test_llada_recipes_follow_the_paper_setting() -> None:
-    transfer = load_config(REPO / "recipes/llada-8b/transfer.yaml", check_files=False)
+    # The paper ran on 16 GPUs; the recipe states the global batch (128), the accumulation follows.
+    transfer = load_resolved(
+        REPO / "recipes/llada-8b/transfer.yaml", check_files=False, world_size=16
+    )
     assert transfer.data.kind == "pretrain" and transfer.data.max_length == 1024
     assert transfer.training.micro_batch_size == 4
     assert transfer.training.gradient_accumulation_steps == 2
@@ -281,3 +285,52 @@ def test_accelerate_launch_configs_are_valid() -> None:
         if kind == "DEEPSPEED":
             ds_file = REPO / config.deepspeed_config["deepspeed_config_file"]
             assert ds_file.is_file(), f"{name}: {ds_file} missing"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+@pytest.mark.parametrize(
+    ("paper", "fixed", "expected"),
+    [
+        ("transfer-paper", "transfer", {
+            "output_dir", "model.adapter_overrides.schedules.insertion",
+            "model.adapter_overrides.schedules.unmasking", "model.adapter_overrides.head.init_gap",
+            "model.adapter_overrides",
+            "optimizer.group_weight_decay.lora", "optimizer.group_weight_decay",
+            "optimizer.decay_norms_and_biases", "scheduler.cycles",
+        }),
+        ("gsm8k-paper", "gsm8k", {
+            "output_dir", "model.init_from", "model.adapter_overrides.schedules.insertion",
+            "model.adapter_overrides.schedules.unmasking", "model.adapter_overrides.head.init_gap",
+            "model.adapter_overrides", "optimizer.weight_decay", "optimizer.decay_norms_and_biases",
+            "scheduler.cycles", "training.length_bucketing",
+        }),
+    ],
+)  # fmt: skip
+def test_paper_variants_change_only_what_the_research_code_ran_differently(
+    paper: str, fixed: str, expected: set[str]
+) -> None:
+    """Each *-paper.yaml is its fixed recipe plus the research settings named in its header; the
+    global batch and the budget stay those of the fixed recipe."""
+    a, b = (
+        _flat(to_dict(load_config(REPO / f"recipes/llada-8b/{name}.yaml", check_files=False)))
+        for name in (paper, fixed)
+    )
+    # (an empty section of the fixed recipe, e.g. model.adapter_overrides: {}, is a key of its own)
+    assert {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)} == expected
+    assert a["model.adapter_overrides.schedules.insertion"] == "geometric(10, 0.01)"
+    assert a["scheduler.cycles"] == 5
+    for key in ("training.global_batch_size", "training.max_steps", "training.epochs"):
+        assert a[key] == b[key]
+    for arm in ("gsm8k", "code-infill"):
+        mdm = load_config(REPO / f"recipes/llada-8b/mdm-{arm}-paper.yaml", check_files=False)
+        assert mdm.objective.name == "mdm" and mdm.model.init_from is None
+        assert mdm.optimizer.weight_decay == 0.1 and mdm.scheduler.cycles == 5

@@ -1,8 +1,9 @@
 """Multi-process CPU training: 2 processes over gloo compute what 1 process with twice the batch
 computes, with either loss normaliser (``tokens``: the two ranks' rows hold different numbers of
-tokens, and each divides by the global count); DeepSpeed ZeRO-2 and ZeRO-3 run the tiny recipe with
-2 CPU processes and match the non-DeepSpeed losses; the `accelerate launch -m retrofit.train` entry
-point exits cleanly.
+tokens, and each divides by the global count); with ``training.global_batch_size`` fixed, 2
+processes (accumulation 1) compute what 1 process (accumulation 2, derived) computes; DeepSpeed
+ZeRO-2 and ZeRO-3 run the tiny recipe with 2 CPU processes and match the non-DeepSpeed losses; the
+`accelerate launch -m retrofit.train` entry point exits cleanly.
 
 `accelerate.debug_launcher` forks the calling process, and a fork of a process whose OpenMP thread
 pool is already running (any earlier torch test in the same pytest session) can hang. So the
@@ -30,7 +31,13 @@ GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 pytestmark = pytest.mark.slow
 
 
-def _overrides(output_dir: Path, micro_batch_size: int, normalizer: str = "tokens") -> list[str]:
+# The global batch fixed by the recipe: 2 processes x 2 rows, or 1 process x 2 rows x 2 micro-batches.
+GLOBAL_BATCH = ["training.global_batch_size=4"]
+
+
+def _overrides(
+    output_dir: Path, micro_batch_size: int, normalizer: str = "tokens", extra: tuple = ()
+) -> list[str]:
     return [
         f"output_dir={output_dir}",
         f"data.path={GSM8K}",
@@ -41,6 +48,7 @@ def _overrides(output_dir: Path, micro_batch_size: int, normalizer: str = "token
         "logging.progress_bar=false",
         "checkpoint.save_every=2",
         f"objective.normalizer={normalizer}",
+        *extra,
     ]
 
 
@@ -56,7 +64,11 @@ def _final_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def _train_in_launched_process(
-    output_dir: Path, micro_batch_size: int, deepspeed_config: str | None, normalizer: str
+    output_dir: Path,
+    micro_batch_size: int,
+    deepspeed_config: str | None,
+    normalizer: str,
+    extra: tuple = (),
 ) -> None:
     """Body of each process started by `accelerate.debug_launcher` (fork; gloo process group)."""
     torch.set_num_threads(1)
@@ -78,7 +90,7 @@ def _train_in_launched_process(
     from retrofit.config import load_config
     from retrofit.train import train
 
-    result = train(load_config(RECIPE, _overrides(output_dir, micro_batch_size, normalizer)))
+    result = train(load_config(RECIPE, _overrides(output_dir, micro_batch_size, normalizer, extra)))
     state = AcceleratorState()
     if state.is_main_process:
         (output_dir / "launch.json").write_text(
@@ -93,15 +105,18 @@ def _train_in_launched_process(
         )
 
 
-def _single_process_reference(output_dir: Path, normalizer: str) -> None:
-    """One process, micro-batch 4 (= 2 processes x 2)."""
+def _single_process_reference(
+    output_dir: Path, normalizer: str, micro_batch_size: int = 4, extra: tuple = ()
+) -> None:
+    """One process, micro-batch 4 (= 2 processes x 2), or the fixed global batch's micro-batches."""
     from accelerate.state import AcceleratorState
 
     from retrofit.config import load_config
     from retrofit.train import train
 
     AcceleratorState._reset_state(True)
-    result = train(load_config(RECIPE, _overrides(output_dir, 4, normalizer)))
+    overrides = _overrides(output_dir, micro_batch_size, normalizer, extra)
+    result = train(load_config(RECIPE, overrides))
     (output_dir / "launch.json").write_text(json.dumps({"losses": result.losses}))
 
 
@@ -113,18 +128,22 @@ def _run_scenarios(root: Path) -> None:
     from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
     torch.set_num_threads(1)
-    # name -> (DeepSpeed config or None, loss normaliser)
-    scenarios = {"ddp": (None, "tokens"), "ddp-fixed": (None, "fixed")}
+    # name -> (DeepSpeed config or None, loss normaliser, extra overrides)
+    scenarios = {
+        "ddp": (None, "tokens", ()),
+        "ddp-fixed": (None, "fixed", ()),
+        "ddp-global": (None, "tokens", tuple(GLOBAL_BATCH)),
+    }
     for stage in (2, 3):
         config = str(REPO / "recipes" / "accelerate" / f"ds_zero{stage}.json")
-        scenarios[f"zero{stage}"] = (config, "tokens")
-    for name, (ds_config, normalizer) in scenarios.items():
+        scenarios[f"zero{stage}"] = (config, "tokens", ())
+    for name, (ds_config, normalizer, extra) in scenarios.items():
         output_dir = root / name
         output_dir.mkdir(parents=True)
         try:
             debug_launcher(
                 _train_in_launched_process,
-                args=(output_dir, 2, ds_config, normalizer),
+                args=(output_dir, 2, ds_config, normalizer, extra),
                 num_processes=2,
             )
         except (ProcessRaisedException, ProcessExitedException):  # reported by its test
@@ -133,6 +152,9 @@ def _run_scenarios(root: Path) -> None:
         output_dir = root / f"single-{normalizer}"
         output_dir.mkdir()
         _single_process_reference(output_dir, normalizer)
+    output_dir = root / "single-global"  # 1 process, micro-batch 2, accumulation 2 (derived)
+    output_dir.mkdir()
+    _single_process_reference(output_dir, "tokens", 2, tuple(GLOBAL_BATCH))
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +202,25 @@ def test_two_gloo_processes_match_one_process_with_twice_the_batch(
     # Every process saved its RNG state into the (complete) checkpoint.
     state = runs / name / "checkpoint-2" / "state"
     assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
+
+
+def test_a_fixed_global_batch_trains_the_same_on_one_and_two_processes(runs: Path) -> None:
+    """global_batch_size=4, micro-batch 2: 2 processes (accumulation 1) and 1 process (accumulation
+    2, derived at launch) see the same rows, noise and micro-batches, so the same steps."""
+    two, one = _launch_result(runs, "ddp-global"), _launch_result(runs, "single-global")
+    assert two["num_processes"] == 2
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    for a, b in zip(_metrics(runs / "ddp-global"), _metrics(runs / "single-global"), strict=True):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["tokens"] == b["tokens"]
+    x, y = _final_weights(runs / "ddp-global" / "final"), _final_weights(runs / "single-global" / "final")
+    for key in x:
+        torch.testing.assert_close(x[key], y[key], rtol=1e-4, atol=1e-6)
+    summaries = [json.loads((runs / name / "train_summary.json").read_text())
+                 for name in ("ddp-global", "single-global")]  # fmt: skip
+    assert [(s["global_batch_size"], s["gradient_accumulation_steps"]) for s in summaries] == [
+        (4, 1), (4, 2)
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("stage", [2, 3])

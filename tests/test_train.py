@@ -527,3 +527,51 @@ def test_a_token_that_cannot_push_fails_before_training(
         _run(PRETRAIN, tmp_path, *PUSH_RUN, f"hub_repo_id={repo_id}", *checkpoint_pushes)
     assert not built and not list(tmp_path.iterdir())  # no model was built, nothing was written
     assert local_hub.state.repo(repo_id) is None
+
+
+def test_the_research_lr_schedule_and_weight_decay_are_available(tmp_path: Path) -> None:
+    """scheduler.cycles = transformers' cosine num_cycles (the research ran 5); per-group weight
+    decay and decayed norms / biases (the research AdamW groups)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from retrofit.adapter import FlexMDM
+    from retrofit.models import LLaDAModelLM, tiny_llada_config
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = get_cosine_schedule_with_warmup(optimizer, 10, 110, num_cycles=5)
+    expected = []
+    for _ in range(110):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    factors = [lr_factor(s, warmup_steps=10, total_steps=110, cycles=5) for s in range(110)]
+    assert factors[10:] == pytest.approx(expected[10:], abs=1e-12)  # warmup: ours starts at 1/10
+    cfg = load_config(
+        PRETRAIN,
+        [*QUIET, "optimizer.weight_decay=0.1", "optimizer.group_weight_decay={lora: 0.0}",
+         "optimizer.decay_norms_and_biases=true"],
+    )  # fmt: skip
+    model = FlexMDM.retrofit(LLaDAModelLM(tiny_llada_config()), "tiny-llada")
+    optimizer, names = build_optimizer(model, cfg)
+    by_name = dict(zip(names, optimizer.param_groups, strict=True))
+    assert set(names) == {"lora", "new"}  # nothing exempt from decay
+    assert by_name["lora"]["weight_decay"] == 0.0 and by_name["new"]["weight_decay"] == 0.1
+
+
+def test_an_epochs_budget_becomes_steps_at_launch(tmp_path: Path) -> None:
+    """training.epochs with a fixed global batch: ceil(epochs x records / global batch) optimizer
+    steps, the accumulation derived (1 process x micro-batch 2 x 2 = 4); the saved recipe states
+    the resolved steps and loads again."""
+    recipe = REPO / "recipes" / "tiny" / "flexmdm-gsm8k.yaml"  # data.max_records: 512
+    result = _run(
+        recipe, tmp_path, "training.max_steps=null", "training.epochs=0.01",
+        "training.global_batch_size=4", "training.micro_batch_size=2", "checkpoint.save_every=1000",
+    )  # fmt: skip
+    assert result.steps == 2 == math.ceil(0.01 * 512 / 4)
+    saved = load_config(tmp_path / "recipe.yaml")
+    assert (saved.training.max_steps, saved.training.epochs) == (2, None)
+    assert saved.training.gradient_accumulation_steps == 2
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert (summary["epochs"], summary["records_per_epoch"], summary["global_batch_size"]) == (
+        0.01, 512, 4
+    )  # fmt: skip
