@@ -60,6 +60,8 @@ from retrofit.checkpoint_io import (
     is_hub_id,
     resolve_checkpoint,
 )
+from retrofit.checkpoint_names import RECIPE_FILE, TRAINER_STATE_FILE
+from retrofit.checkpoint_names import SUMMARY_FILE as TRAIN_SUMMARY_FILE
 
 __all__ = [
     "CONFIG_FILE",
@@ -78,9 +80,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRAIN_SUMMARY_FILE = "train_summary.json"  # written by retrofit.train at the end of a run
-TRAINER_STATE_FILE = "trainer_state.json"  # written into each intermediate checkpoint-N/
-RECIPE_FILE = "recipe.yaml"  # the resolved recipe retrofit.train saves in the run directory
 EVAL_SUMMARY_FILE = "summary.json"
 LIBRARY_NAME = "retrofit"
 DISTRIBUTION_NAME = "flexmdm-retrofit"

@@ -54,12 +54,15 @@ class Task:
 
     prompt: the user message; with ``prefix``/``suffix`` (infilling, both given) the optional
     instruction. stream_id: the random stream of this sample (default: its index in the call).
+    answer_prefix: text that opens the answer as part of the prompt (as the model was trained,
+    e.g. the research GSM8K template's ``<reasoning>``); not part of the returned answer.
     """
 
     prompt: str | None = None
     prefix: str | None = None
     suffix: str | None = None
     stream_id: int | None = None
+    answer_prefix: str = ""
 
     @property
     def infill(self) -> bool:
@@ -182,7 +185,7 @@ class Pipeline:
             self.tokenizer,
             [(task.prompt, task.prefix if task.infill else None, task.suffix) for task in tasks],
             objective=self.kind, layout=self.layout, eos_token_id=self.special_ids.eos,
-            mask_token_id=self.special_ids.mask,
+            mask_token_id=self.special_ids.mask, answer_prefixes=[task.answer_prefix for task in tasks],
         )  # fmt: skip
 
     def decode(self, ids: Sequence[int]) -> str:

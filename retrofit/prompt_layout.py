@@ -266,6 +266,7 @@ def encode_prompt(
     prompt: str | Sequence[Mapping[str, str]],
     *,
     chat_template: str | bool | None = "auto",
+    answer_prefix: str = "",
 ) -> list[int]:
     """Token ids of a user prompt, ready for the answer to follow (generation prompt included).
 
@@ -281,14 +282,18 @@ def encode_prompt(
         tokenizer: the model's tokenizer.
         prompt: the user text, or a list of chat messages ({"role", "content"}).
         chat_template: "auto" | "always" | "never" (or True/False/None).
+        answer_prefix: text that opens the answer as part of the prompt (content, protected in
+            training; e.g. the research GSM8K template's ``<reasoning>``).
     """
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if _use_chat_template(tokenizer, chat_template):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return encode_text(tokenizer, text, parse_special_tokens=True)
-    return _plain_prompt_ids(
-        tokenizer, [(message["role"], [(message["content"], False)]) for message in messages]
-    )
+        ids = encode_text(tokenizer, text, parse_special_tokens=True)
+    else:
+        ids = _plain_prompt_ids(
+            tokenizer, [(message["role"], [(message["content"], False)]) for message in messages]
+        )
+    return ids + encode_text(tokenizer, answer_prefix)
 
 
 def make_example(ids: list[int], protected: list[bool], prompt_length: int) -> dict[str, Any]:
@@ -432,10 +437,12 @@ def encode_generation_inputs(
     layout: PromptLayout | None = None,
     eos_token_id: int | None = None,
     mask_token_id: int | None = None,
+    answer_prefixes: Sequence[str] | None = None,
 ) -> tuple[list[list[int]], list[list[int]] | None]:
     """Sampler inputs for a list of ``(prompt, prefix, suffix)`` tasks in the training layout.
 
-    Plain tasks (``prefix is None``): ``encode_prompt(prompt)``, no suffixes. Infilling tasks
+    Plain tasks (``prefix is None``): ``encode_prompt(prompt)`` (+ the task's entry of
+    ``answer_prefixes``, text that opens the answer as in training), no suffixes. Infilling tasks
     (``prefix`` and ``suffix`` given, ``prompt`` an optional instruction): :func:`encode_infill_prompt`;
     the suffixes are returned for the FlexMDM sampler (None for the MDM baseline, which generates
     after the PSM prompt). All tasks of one call must be of one kind. Texts are encoded exactly as
@@ -453,8 +460,10 @@ def encode_generation_inputs(
     if len(infill) > 1:
         raise ValueError("mix of infilling and plain prompts: encode them in separate calls")
     if not infill or not infill.pop():
-        lefts = [encode_prompt(tokenizer, prompt or "", chat_template=layout.chat_template)
-                 for prompt, _, _ in tasks]
+        prefixes = answer_prefixes or [""] * len(tasks)
+        lefts = [encode_prompt(tokenizer, prompt or "", chat_template=layout.chat_template,
+                               answer_prefix=answer_prefix)
+                 for (prompt, _, _), answer_prefix in zip(tasks, prefixes)]
         rights = None
     else:
         pairs = [

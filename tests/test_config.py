@@ -312,6 +312,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
             "model.adapter_overrides.schedules.unmasking", "model.adapter_overrides.head.init_gap",
             "model.adapter_overrides", "optimizer.weight_decay", "optimizer.decay_norms_and_biases",
             "scheduler.cycles", "training.length_bucketing",
+            "data.gsm8k_template",  # the research prompt (eval/gsm8k-paper.yaml pairs with it)
         }),
     ],
 )  # fmt: skip

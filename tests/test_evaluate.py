@@ -40,8 +40,8 @@ def read_samples(directory: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- specs
 def test_builtin_specs_load():
     names = sorted(path.stem for path in builtin_spec_dir().glob("*.yaml"))
-    assert names == ["gsm8k", "humaneval-infill-multi-line", "humaneval-infill-random-span",
-                     "humaneval-infill-single-line", "lengths"]
+    assert names == ["gsm8k", "gsm8k-paper", "humaneval-infill-multi-line", "humaneval-infill-random-span",
+                     "humaneval-infill-single-line", "humaneval-infill-single-line-paper", "lengths"]
     for name in names:
         spec = load_spec(name)
         assert spec.name == name
@@ -356,7 +356,7 @@ def test_compare_refuses_different_benchmarks(tmp_path, capsys):
     other_sampler = run_spec("sampler", generation={"flexmdm": {"steps": 8}, "mdm": {"steps": 8}})
     assert compare_results(base, other_sampler)["num_pairs"] == 3
     assert compare_results(base / "samples.jsonl", other_sampler)["benchmark"] == "gsm8k"
-    other_prompt = run_spec("prompt", prompt={"template": "few_shot"})
+    other_prompt = run_spec("prompt", prompt={"template": "gsm8k_research"})  # a real template: names are checked now
     with pytest.raises(ValueError, match=r"different benchmark specs \(they differ in \['prompt'\]\)"):
         compare_results(base, other_prompt)
     renamed = run_spec("renamed", name="gsm8k-platinum")

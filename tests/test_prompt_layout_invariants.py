@@ -39,6 +39,10 @@ PAIRS = {
                                   "humaneval-infill-random-span"],
     "llada-8b/mdm-code-infill.yaml": ["humaneval-infill-single-line", "humaneval-infill-multi-line",
                                       "humaneval-infill-random-span"],
+    "llada-8b/gsm8k-paper.yaml": ["gsm8k-paper"],
+    "llada-8b/mdm-gsm8k-paper.yaml": ["gsm8k-paper"],
+    "llada-8b/code-infill-paper.yaml": ["humaneval-infill-single-line-paper"],
+    "llada-8b/mdm-code-infill-paper.yaml": ["humaneval-infill-single-line-paper"],
     "tiny/flexmdm-gsm8k.yaml": ["gsm8k"],
     "tiny/mdm-gsm8k.yaml": ["gsm8k"],
     "tiny/flexmdm-infill.yaml": ["humaneval-infill-single-line"],
@@ -103,7 +107,7 @@ def test_every_stage2_recipe_is_paired_with_its_benchmarks():
         assert f"{path.parent.name}/{path.name}" in PAIRS, f"pair {path} with its eval specs here"
 
 
-@pytest.mark.parametrize("recipe", [r for r, specs in PAIRS.items() if specs == ["gsm8k"]])
+@pytest.mark.parametrize("recipe", [r for r, specs in PAIRS.items() if "gsm8k" in specs[0]])
 def test_gsm8k_prompt_is_the_training_prompt(recipe, tokenizer, tmp_path):
     records = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()[:12]]
     data_file = tmp_path / "test.jsonl"
@@ -112,7 +116,7 @@ def test_gsm8k_prompt_is_the_training_prompt(recipe, tokenizer, tmp_path):
     rows = list(ExampleStream(data_cfg, tokenizer, eos_token_id=tokenizer.eos_token_id))
     assert len(rows) == len(records)
     pipeline = pipeline_for(tokenizer, data_cfg, data_cfg.objective)
-    tasks = benchmark_for(load_spec("gsm8k")).load(data_file)
+    tasks = benchmark_for(load_spec(PAIRS[recipe][0])).load(data_file)
     prompts, suffixes = pipeline.encode([request_for(task) for task in tasks])
     assert suffixes is None
     for row, prompt in zip(rows, prompts):  # unshuffled: row i is record i
@@ -134,15 +138,20 @@ def test_infill_prompt_is_a_training_layout(recipe, tokenizer, tmp_path):
     data_file = tmp_path / "code.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     data_cfg = recipe_data(recipe, data_file)
-    assert data_cfg.empty_instruction_rate > 0, (
-        f"{recipe}: HumanEval prompts carry no instruction, so a share of training rows must "
-        "(data.empty_instruction_rate)")
     stream = ExampleStream(data_cfg, tokenizer, eos_token_id=tokenizer.eos_token_id)
     rows = list(stream)
     assert len(rows) == len(records) and stream.stats.truncated == 0
     pipeline = pipeline_for(tokenizer, data_cfg, data_cfg.objective)
     for spec_name in PAIRS[recipe]:
-        spec_instruction = load_spec(spec_name).prompt.get("instruction")
+        spec_instruction = load_spec(spec_name).instruction(data_cfg.objective)
+        # The share of training rows with the benchmark's own layout: the dropped-instruction
+        # share for a benchmark without instruction (HumanEval), the rest for a fixed one.
+        fixed = data_cfg.infill_instruction is not None and data_cfg.infill_instruction == spec_instruction
+        expected = data_cfg.empty_instruction_rate if not spec_instruction else (
+            1 - data_cfg.empty_instruction_rate if fixed else 0.0)
+        assert expected > 0, (
+            f"{recipe}: no training row has {spec_name}'s layout (instruction {spec_instruction!r}): "
+            "set data.empty_instruction_rate (no instruction) or data.infill_instruction")
         matching = 0
         for row, record in zip(rows, records):
             instruction, prefix, _, suffix = split_infill_record(
@@ -161,5 +170,5 @@ def test_infill_prompt_is_a_training_layout(recipe, tokenizer, tmp_path):
             # ... and the rows whose instruction was dropped are exactly the benchmark's layout.
             matching += instruction == (spec_instruction or "")
         share = matching / len(rows)
-        assert abs(share - data_cfg.empty_instruction_rate) < 0.1, (spec_name, share)
+        assert abs(share - expected) < 0.1, (spec_name, share, expected)
         assert matching > 0

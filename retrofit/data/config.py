@@ -122,6 +122,9 @@ class DataConfig:
             pretraining document. null (default) = true for the mdm objective and for packed rows,
             false for flexmdm: a FlexMDM models length by insertion and needs no end marker, and
             LLaDA's EOS id is also its pad id, which the FlexMDM sampler never emits.
+        gsm8k_template: the GSM8K prompt/target template (``retrofit.prompts.GSM8K_TEMPLATES``:
+            ``gsm8k_zero_shot``, or ``gsm8k_research``, the research code's); a benchmark spec
+            evaluating the checkpoint must name the same (``prompt.template``).
         response_suffix: text appended to each response before EOS (sft/gsm8k/infill), e.g.
             "<|eot_id|>" to close the assistant turn the way LLaDA-8B-Instruct's chat format does.
     Infill:
@@ -131,6 +134,9 @@ class DataConfig:
             "chars".
         infill_markers: (start, end) boundary marker strings around the middle (flexmdm).
         add_marker_tokens: add missing markers to the tokenizer as special tokens (in place).
+        infill_instruction: one instruction for every infill record instead of its own (the
+            research MDM baseline trained with a fixed infill instruction); None keeps each
+            record's.
         empty_instruction_rate: share of infill records trained with an empty instruction (the
             same wrapper around an empty user turn), chosen per record from its content hash. An
             evaluation without instruction (HumanEval infilling) prompts with exactly that layout,
@@ -164,11 +170,13 @@ class DataConfig:
     chat_template: str = "auto"
     append_eos: bool | None = None
     response_suffix: str = ""
+    gsm8k_template: str = "gsm8k_zero_shot"
     objective: str = "flexmdm"
     infill_span: str = "lines"
     infill_markers: tuple[str, str] = DEFAULT_INFILL_MARKERS
     add_marker_tokens: bool = False
     empty_instruction_rate: float = 0.0
+    infill_instruction: str | None = None
     psm_template: str = DEFAULT_PSM_TEMPLATE
 
     def __post_init__(self) -> None:
@@ -201,6 +209,8 @@ class DataConfig:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"data.empty_instruction_rate must be a number in [0, 1], got {rate!r}")
         self.empty_instruction_rate = float(rate)
+        if self.infill_instruction is not None and not isinstance(self.infill_instruction, str):
+            raise TypeError(f"data.infill_instruction must be a string or null, got {self.infill_instruction!r}")
         _check_int("seed", self.seed, 0)
         _check_int("shuffle_buffer", self.shuffle_buffer, 1)
         _check_int("min_chunk_length", self.min_chunk_length, 1)
@@ -227,6 +237,9 @@ class DataConfig:
             self.chat_template, self.infill_markers, self.response_suffix, self.psm_template
         )
         self._check_mixture()
+        from retrofit.prompts import GSM8K_TEMPLATES
+
+        _check_choice("gsm8k_template", self.gsm8k_template, sorted(GSM8K_TEMPLATES))
         if self.pack and self.kind != "pretrain":
             raise ValueError("data.pack applies to kind 'pretrain' only; set pack: false")
         if self.path is None and self.mixture is None and DEFAULT_HUB_DATASETS[self.kind][0] is None:

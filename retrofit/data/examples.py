@@ -8,7 +8,7 @@ import os
 import random
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,11 +125,6 @@ def choose_infill_span(text: str, rng: random.Random, *, mode: str = "lines") ->
     return start, end
 
 
-def _gsm8k_templates() -> tuple[Callable[[str], str], Callable[[str], str]]:
-    """The GSM8K prompt/target formatters shared with the GSM8K evaluation."""
-    from retrofit.prompts import format_gsm8k_prompt, format_gsm8k_target
-
-    return format_gsm8k_prompt, format_gsm8k_target
 
 
 def split_infill_record(
@@ -138,11 +133,13 @@ def split_infill_record(
     """``(instruction, prefix, middle, suffix)`` of one infill record in one epoch.
 
     The middle span is chosen from a per-record seed (content + ``cfg.seed`` + epoch: independent
-    of order, rank and resume); the instruction is dropped (``""``) for a share
-    ``cfg.empty_instruction_rate`` of records, decided from other bytes of the same digest, so the
-    span choice does not depend on the rate.
+    of order, rank and resume); the instruction is ``cfg.infill_instruction`` when set, and dropped
+    (``""``) for a share ``cfg.empty_instruction_rate`` of records, decided from other bytes of the
+    same digest, so the span choice does not depend on either.
     """
     digest = hashlib.sha256(f"{cfg.seed}\x00{epoch}\x00{instruction}\x00{output}".encode()).digest()
+    if cfg.infill_instruction is not None:
+        instruction = cfg.infill_instruction
     rng = random.Random(int.from_bytes(digest[:8], "little"))
     start, end = choose_infill_span(output, rng, mode=cfg.infill_span)
     if int.from_bytes(digest[8:16], "little") / 2**64 < cfg.empty_instruction_rate:
@@ -178,7 +175,9 @@ class _RecordProcessor:
         if cfg.kind != "pretrain":
             _use_chat_template(tokenizer, cfg.chat_template)  # fail early on "always"
         if cfg.kind == "gsm8k":
-            self.format_prompt, self.format_target = _gsm8k_templates()
+            from retrofit.prompts import gsm8k_template
+
+            self.gsm8k = gsm8k_template(cfg.gsm8k_template)  # shared with the GSM8K benchmark
         if cfg.kind == "infill":
             start, end = cfg.infill_markers
             if cfg.add_marker_tokens:
@@ -243,13 +242,14 @@ class _RecordProcessor:
     def _prompt_response(self, record: Mapping[str, Any]) -> tuple[list[int], list[int]]:
         cfg = self.cfg
         if cfg.kind == "gsm8k":
-            prompt = self.format_prompt(self._text(record, "question"))
+            prompt = self.gsm8k.prompt(self._text(record, "question"))
             try:
-                target = self.format_target(self._text(record, "answer"))
+                target = self.gsm8k.target(self._text(record, "answer"))
             except ValueError as error:  # e.g. no "#### <number>" line
                 raise _Skip("bad_format", str(error)) from None
             return (
-                encode_prompt(self.tokenizer, prompt, chat_template=cfg.chat_template),
+                encode_prompt(self.tokenizer, prompt, chat_template=cfg.chat_template,
+                              answer_prefix=self.gsm8k.answer_prefix),
                 encode_text(self.tokenizer, target) + self.response_suffix + self.eos,
             )
         if "messages" in self.fields:

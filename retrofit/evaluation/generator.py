@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -19,7 +20,8 @@ def request_for(task: EvalTask) -> Any:
     from retrofit.pipeline import Task
 
     return Task(prompt=task.prompt, prefix=task.prefix if task.kind == "infill" else None,
-                suffix=task.suffix, stream_id=sample_stream_id(task.task_id, task.sample_index))
+                suffix=task.suffix, stream_id=sample_stream_id(task.task_id, task.sample_index),
+                answer_prefix=task.answer_prefix)
 
 
 class ModelGenerator:
@@ -83,8 +85,12 @@ class ModelGenerator:
 
     def __call__(self, tasks: list[EvalTask]) -> list[Generation]:
         """One answer per task; each sample draws from the stream of its (task_id, sample_index)."""
-        answers = self.pipeline.generate([request_for(task) for task in tasks], self.settings,
-                                         seed=self.seed, on_long_prompt=self.on_long_prompt)
+        instruction = self.spec.instruction(self.kind)
+        requests = [request_for(dataclasses.replace(task, prompt=instruction)
+                                if task.kind == "infill" and task.prompt is None else task)
+                    for task in tasks]
+        answers = self.pipeline.generate(requests, self.settings, seed=self.seed,
+                                         on_long_prompt=self.on_long_prompt)
         outputs = []
         for answer in answers:
             extra = {} if self.kind == "mdm" else {"steps": answer.forward_passes,

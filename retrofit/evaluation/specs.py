@@ -87,6 +87,10 @@ class EvalSpec:
         if self.generation.get("on_long_prompt", "skip") not in ("skip", "truncate-left", "error"):
             raise ValueError(f"spec {self.name!r}: generation.on_long_prompt must be skip, "
                              f"truncate-left or error, got {self.generation['on_long_prompt']!r}")
+        instruction = self.prompt.get("instruction")
+        if isinstance(instruction, dict) and not set(instruction) <= set(KINDS):
+            raise ValueError(f"spec {self.name!r}: prompt.instruction maps checkpoint kinds {KINDS} to "
+                             f"instructions, got keys {sorted(instruction)}")
         for kind in KINDS:
             settings = self.generation.get(kind, {})
             if not isinstance(settings, dict):
@@ -103,6 +107,16 @@ class EvalSpec:
         if kind not in KINDS:
             raise ValueError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
         return copy.deepcopy(self.generation.get(kind, {}))
+
+    def instruction(self, kind: str | None = None) -> str | None:
+        """The instruction before an infilling task (``prompt.instruction``): one string for both
+        checkpoint kinds, or a mapping ``{flexmdm: ..., mdm: ...}`` (the research code prompted
+        its MDM baseline with an instruction and its FlexMDM with none); None without a kind for
+        a per-kind mapping."""
+        value = self.prompt.get("instruction")
+        if isinstance(value, dict):
+            return value.get(kind) if kind is not None else None
+        return value
 
     @property
     def on_long_prompt(self) -> str:

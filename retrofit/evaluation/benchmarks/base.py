@@ -32,6 +32,7 @@ class EvalTask:
     middle), `gold` the GSM8K gold value, `infill` the HumanEval task. `sample_index` is which
     sample of the task a generate_fn is asked for (0 .. num_samples - 1; the runner sets it), so a
     generator can draw every sample from its own random stream (``sample_stream_id``).
+    `answer_prefix` opens the answer as part of the prompt (the research GSM8K template).
     """
 
     task_id: str
@@ -43,6 +44,7 @@ class EvalTask:
     gold: Fraction | None = None
     infill: Any = None
     sample_index: int = 0
+    answer_prefix: str = ""
 
 
 @dataclass

@@ -15,12 +15,11 @@ from typing import Any
 
 from retrofit.evaluation.benchmarks.base import Benchmark, EvalTask, read_jsonl
 from retrofit.evaluation.gsm8k import (
-    format_gsm8k_prompt,
-    format_gsm8k_target,
     parse_gold,
     score_gsm8k,
 )
 from retrofit.evaluation.stats import wilson_interval
+from retrofit.prompts import GSM8KTemplate, gsm8k_template
 
 
 class GSM8KBenchmark(Benchmark):
@@ -32,7 +31,7 @@ class GSM8KBenchmark(Benchmark):
         return load_tasks(self.spec, data)
 
     def reference_text(self, task: EvalTask) -> str:
-        return reference_text(task)
+        return template_of(self.spec).target(task.reference)
 
     def score(self, tasks: Sequence[EvalTask], texts: Sequence[str]) -> list[dict[str, Any]]:
         results = []
@@ -81,21 +80,23 @@ def _records(spec: Any, data: str | Path | None) -> list[dict[str, Any]]:
     return [dict(row) for row in dataset]
 
 
+def template_of(spec: Any) -> GSM8KTemplate:
+    """The spec's GSM8K template (``prompt.template``, default ``gsm8k_zero_shot``): the recipe
+    that trained the model must name the same (``data.gsm8k_template``)."""
+    return gsm8k_template(spec.prompt.get("template", "gsm8k_zero_shot"))
+
+
 def load_tasks(spec: Any, data: str | Path | None) -> list[EvalTask]:
     """The GSM8K tasks of a spec, in file order (task ids ``gsm8k/<split>/<index>``)."""
     tasks = []
+    template = template_of(spec)
     split = spec.data.get("split", "test")
     for index, record in enumerate(_records(spec, data)):
         if "question" not in record or "answer" not in record:
             raise ValueError(f"GSM8K record {index} lacks `question`/`answer`: {sorted(record)}")
         tasks.append(EvalTask(
             task_id=f"gsm8k/{split}/{index}", kind="chat",
-            prompt=format_gsm8k_prompt(record["question"]), reference=record["answer"],
-            gold=parse_gold(record["answer"]),
+            prompt=template.prompt(record["question"]), reference=record["answer"],
+            gold=parse_gold(record["answer"]), answer_prefix=template.answer_prefix,
         ))  # fmt: skip
     return tasks
-
-
-def reference_text(task: EvalTask) -> str:
-    """The gold answer in the training target format (its length is the reference length)."""
-    return format_gsm8k_target(task.reference)

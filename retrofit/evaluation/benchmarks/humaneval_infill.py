@@ -98,7 +98,7 @@ class HumanEvalInfillBenchmark(Benchmark):
 
 def load_tasks(spec: Any, data: str | Path | None) -> list[EvalTask]:
     """The tasks of the spec's ``data.variant`` (``data``: a local copy, else the upstream file)."""
-    instruction = spec.prompt.get("instruction")
+    instruction = spec.instruction()  # a per-kind instruction is set by the generator
     return [EvalTask(task_id=task.task_id, kind="infill", prompt=instruction, prefix=task.prompt,
                      suffix=task.suffix, reference=task.canonical_solution, infill=task)
             for task in load_infilling_tasks(spec.data.get("variant"), data)]

@@ -27,7 +27,7 @@ class LengthsBenchmark(Benchmark):
 
     def reference_text(self, task: EvalTask) -> str:
         if self.spec.source_task == "gsm8k":
-            return gsm8k.reference_text(task)
+            return gsm8k.template_of(self.spec).target(task.reference)
         return task.reference
 
     def score(self, tasks: Sequence[EvalTask], texts: Sequence[str]) -> list[dict[str, Any]]:
