@@ -54,7 +54,7 @@ def test_builtin_specs_load():
         load_spec("no-such-benchmark")
     with pytest.raises(ValueError, match="task must be one of"):
         load_spec({"name": "x", "task": "translation"})
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"metrics: unknown key\. did you mean 'metric'"):
         load_spec({"name": "x", "task": "gsm8k", "metrics": {}})
 
 

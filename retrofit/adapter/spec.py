@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
-
-import yaml
+from typing import Any
 
 from retrofit import __version__ as RETROFIT_VERSION
 from retrofit.adapter.checkpoint import CONFIG_FILE, read_json_file
 from retrofit.schedules import get_schedule
+from retrofit.yaml_config import ConfigError, from_dict, load_yaml
 
 KINDS = ("flexmdm", "mdm")
 # The norms of each LLaDA block (the default backbone); the backbone applies one (scale, shift) to
@@ -46,106 +44,16 @@ def adapters_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "adapters"
 
 
-# ----------------------------------------------------------------------------------------------
-# Strict dict -> dataclass conversion (unknown keys and wrong types are errors naming the key)
-# ----------------------------------------------------------------------------------------------
-
-
-def _type_name(annotation: Any) -> str:
-    """Readable name of a type annotation, for error messages."""
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
-    if origin is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        return f"list[{_type_name(item)}]"
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _convert(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Check ``value`` against ``annotation`` (and build nested dataclasses); raise TypeError."""
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        if value is None and len(options) < len(typing.get_args(annotation)):
-            return None
-        if len(options) == 1:  # Optional[X]: X's own error is the most precise one
-            return _convert(value, options[0], key, source)
-        for option in options:
-            try:
-                return _convert(value, option, key, source)
-            except (TypeError, ValueError):
-                continue
-        raise TypeError(
-            f"{source}: key '{key}' must be {_type_name(annotation)}, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    if annotation is type(None):
-        if value is not None:
-            raise TypeError(f"{source}: key '{key}' must be null, got {value!r}")
-        return None
-    if annotation is Any:
-        return value
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, Mapping):
-            raise TypeError(
-                f"{source}: key '{key}' must be a mapping of {annotation.__name__} fields, "
-                f"got {value!r} ({type(value).__name__})"
-            )
-        return _dataclass_from_dict(annotation, value, source, prefix=f"{key}.")
-    if origin is list:
-        (item_type,) = typing.get_args(annotation) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(
-                f"{source}: key '{key}' must be a list, got {value!r} ({type(value).__name__})"
-            )
-        return [_convert(item, item_type, f"{key}[{i}]", source) for i, item in enumerate(value)]
-    if origin is dict or annotation is dict:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{source}: key '{key}' must be a mapping, got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{source}: key '{key}' must be true/false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(
-                f"{source}: key '{key}' must be an integer, got {value!r} ({type(value).__name__})"
-            )
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(
-                f"{source}: key '{key}' must be a number, got {value!r} ({type(value).__name__})"
-            )
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise TypeError(
-                f"{source}: key '{key}' must be a string, got {value!r} ({type(value).__name__})"
-            )
-        return value
-    raise TypeError(f"{source}: unsupported annotation {annotation!r} for key '{key}'")
-
-
-def _dataclass_from_dict(cls: type, data: Mapping[str, Any], source: str, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise naming the key."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [str(k) for k in data if k not in known]
-    if unknown:
-        names = ", ".join(f"'{prefix}{k}'" for k in unknown)
-        raise ValueError(
-            f"{source}: unknown key(s) {names}; allowed keys here: "
-            f"{', '.join(prefix + k for k in known)}"
-        )
-    values = {
-        name: _convert(value, hints[name], prefix + name, source) for name, value in data.items()
-    }
-    return cls(**values)
+def _strict(cls: type, data: Mapping[str, Any], source: str, what: str) -> Any:
+    """``cls`` from ``data`` through the one strict loader (:mod:`retrofit.yaml_config`): unknown
+    keys (with a did-you-mean) and wrong types are errors naming the key and the file (and line,
+    for YAML read by ``load_yaml``)."""
+    try:
+        return from_dict(cls, data, what=what)
+    except ConfigError as error:
+        if source in str(error) or error.location:
+            raise
+        raise type(error)(f"{source}: {error}") from None
 
 
 def _schedule_spec_string(value: str | dict) -> str:
@@ -271,12 +179,7 @@ class AdapterSpec:
             raise TypeError(
                 f"{source}: an adapter spec must be a mapping, got {type(data).__name__}"
             )
-        try:
-            spec = _dataclass_from_dict(cls, data, source)
-        except ValueError as error:
-            if str(error).startswith(source):
-                raise
-            raise ValueError(f"{source}: {error}") from error
+        spec = _strict(cls, data, source, "adapter spec")
         spec.source = source
         spec.validate()
         return spec
@@ -298,13 +201,8 @@ class AdapterSpec:
                     f"adapter spec '{path_or_name}' is neither a YAML file nor a name in "
                     f"{adapters_dir()} (available: {', '.join(available) or 'none'})"
                 )
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-        if data is None:
-            data = {}
-        data = dict(data) if isinstance(data, Mapping) else data
-        if isinstance(data, dict):
-            data.setdefault("name", path.stem)
+        data = load_yaml(path, what="adapter spec")
+        data.setdefault("name", path.stem)
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -567,7 +465,7 @@ class RetrofitConfig:
         ]
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}")
-        return _dataclass_from_dict(cls, data, source)
+        return _strict(cls, data, source, CONFIG_FILE)
 
     @classmethod
     def load(cls, directory: str | Path) -> RetrofitConfig:

@@ -39,9 +39,12 @@ prompt task; ``reference`` is the gold text whose length the generated lengths a
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from retrofit.yaml_config import from_dict, load_yaml
 
 TASKS = ("gsm8k", "humaneval_infill", "lengths", "jsonl")
 JSONL_FIELDS = ("task_id", "prompt", "prefix", "suffix", "reference")
@@ -139,17 +142,14 @@ class EvalSpec:
         }
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], path: str | None = None) -> EvalSpec:
-        """Build from parsed YAML; unknown top-level keys are an error (typos fail loudly)."""
-        known = {"name", "task", "data", "prompt", "generation", "extraction", "metric", "sandbox"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"spec {path or raw.get('name')}: unknown keys {unknown}; "
-                             f"allowed: {sorted(known)}")
-        if "name" not in raw or "task" not in raw:
-            raise ValueError(f"spec {path}: needs at least `name` and `task`")
-        values = {key: raw[key] if raw.get(key) is not None else {} for key in known - {"name", "task"}}
-        return cls(name=str(raw["name"]), task=str(raw["task"]), path=path, **values)
+    def from_dict(cls, raw: Mapping[str, Any], path: str | None = None) -> EvalSpec:
+        """Build from parsed YAML through the one strict loader (:mod:`retrofit.yaml_config`):
+        unknown keys (with a did-you-mean), wrong types and a missing ``name``/``task`` name the
+        key (and, for a file, its line)."""
+        spec = from_dict(cls, {k: v for k, v in raw.items() if v is not None or k in ("name", "task")},
+                         what=f"benchmark spec {path or raw.get('name')}")
+        spec.path = path
+        return spec
 
 
 def load_spec(spec: str | Path | dict[str, Any] | EvalSpec) -> EvalSpec:
@@ -159,8 +159,6 @@ def load_spec(spec: str | Path | dict[str, Any] | EvalSpec) -> EvalSpec:
         return spec
     if isinstance(spec, dict):
         return EvalSpec.from_dict(spec)
-    import yaml
-
     path = Path(spec)
     if not path.is_file():
         candidate = builtin_spec_dir() / f"{spec}.yaml"
@@ -170,11 +168,7 @@ def load_spec(spec: str | Path | dict[str, Any] | EvalSpec) -> EvalSpec:
             available = sorted(p.stem for p in builtin_spec_dir().glob("*.yaml"))
             raise FileNotFoundError(f"no benchmark spec {spec!r}: not a file, and not one of the "
                                     f"builtin specs {available}")
-    with path.open(encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a spec must be a YAML mapping")  # noqa: TRY004 - file content
-    return EvalSpec.from_dict(raw, path=str(path))
+    return EvalSpec.from_dict(load_yaml(path, what="benchmark spec"), path=str(path))
 
 
 __all__ = ["JSONL_FIELDS", "KINDS", "TASKS", "EvalSpec", "builtin_spec_dir", "load_spec"]
