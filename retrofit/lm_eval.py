@@ -28,9 +28,10 @@ Requests, by the checkpoint's kind:
 - ``apply_chat_template`` renders the chat in the checkpoint's recorded prompt layout (its chat
   template, or retrofit's plain ``User: ...\\nAssistant: `` format).
 
-``batch_size`` is prompts per sampler batch for generation and Monte Carlo rows per forward pass
-for the likelihoods ("auto": 16). Results do not depend on it: every request draws its noise from
-its own stream (generation: seeded by task, document and request index; likelihood: by context).
+``batch_size`` (lm-eval's ``--batch_size``; "auto": 16) is prompts per sampler batch;
+``likelihood_batch_size`` (model_args, default 32) is Monte Carlo rows per forward pass of the
+likelihoods. Results depend on neither: every request draws its noise from its own stream
+(generation: seeded by task, document and request index; likelihood: by context).
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ DEFAULT_MAX_GEN_TOKS = 256
 _LIKELIHOOD_CHUNK_ROWS = 8192
 # Settings of RetrofitLM itself; every other model_args key is a sampler setting.
 _OWN_ARGS = ("pretrained", "revision", "base_model", "tokenizer", "device", "dtype",
-             "batch_size", "max_batch_size", "mc_num", "seed", "greedy_check", "max_gen_toks",
-             "max_length", "rolling_context", "trust_remote_code")  # fmt: skip
+             "batch_size", "max_batch_size", "mc_num", "likelihood_batch_size", "seed",
+             "greedy_check", "max_gen_toks", "max_length", "rolling_context",
+             "trust_remote_code")  # fmt: skip
+DEFAULT_LIKELIHOOD_BATCH_SIZE = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +196,8 @@ class RetrofitLM(TemplateLM):
 
     model_args: ``pretrained`` (checkpoint directory or Hub id; required), ``revision``,
     ``base_model``, ``tokenizer``, ``dtype`` (auto | bfloat16 | float16 | float32), ``device``,
-    ``batch_size``, ``mc_num`` (Monte Carlo samples per likelihood, default 128), ``seed``,
+    ``batch_size``, ``mc_num`` (Monte Carlo samples per likelihood, default 128),
+    ``likelihood_batch_size`` (Monte Carlo rows per forward pass, default 32), ``seed``,
     ``greedy_check``, ``max_gen_toks`` (default cap / canvas when a task sets none, 256),
     ``max_length`` (rolling window), ``rolling_context``, and any setting of the checkpoint's
     sampler (``steps``, ``confidence``, ``temperature``, ``block_length``, ...).
@@ -211,6 +215,7 @@ class RetrofitLM(TemplateLM):
         batch_size: int | str | None = None,
         max_batch_size: int | None = None,
         mc_num: int = 128,
+        likelihood_batch_size: int = DEFAULT_LIKELIHOOD_BATCH_SIZE,
         seed: int = 0,
         greedy_check: bool = False,
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
@@ -245,6 +250,7 @@ class RetrofitLM(TemplateLM):
             else int(batch_size)
         )  # fmt: skip
         self.mc_num = int(mc_num)
+        self.likelihood_batch_size = int(likelihood_batch_size)
         self.seed = int(seed)
         self.greedy_check = bool(greedy_check)
         self.max_gen_toks = int(max_gen_toks)
@@ -361,7 +367,8 @@ class RetrofitLM(TemplateLM):
             for start in range(0, len(order), chunk):
                 members = order[start : start + chunk]
                 results = self.checkpoint.log_likelihood(
-                    [pairs[i] for i in members], mc_num=self.mc_num, batch_size=self.batch_size,
+                    [pairs[i] for i in members], mc_num=self.mc_num,
+                    batch_size=self.likelihood_batch_size,
                     seed=self.seed, progress=bar.update,
                 )  # fmt: skip
                 for index, estimate in zip(members, results):

@@ -214,7 +214,7 @@ def test_lm_eval_scores_come_from_the_model(
     results = simple_evaluate(
         model="retrofit",
         model_args={"pretrained": str(checkpoints[kind]), "mc_num": 32, "dtype": "float32",
-                    "device": "cpu", **settings},
+                    "device": "cpu", "likelihood_batch_size": 256, **settings},
         tasks=tasks, batch_size=64,
         task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
         log_samples=True, bootstrap_iters=0,
