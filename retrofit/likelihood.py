@@ -10,18 +10,22 @@ the training objective with per-sequence weights and every constant kept::
 
     -log p(y | c) <= E_{t ~ U(0, 1), x_t ~ q_t(. | c, y)} [ I(t, x_t) ]
 
-    I = sum over masked positions j:   kq_b CE_j + k_b - kq_b + kq_b ln(kq_b / k_b)
-      + sum over answer slots j:       k_a ghat_j - kq_a g_j ln ghat_j - kq_a g_j + kq_a g_j ln(kq_a / k_a)
+    I = sum over masked positions j:  kq_b CE_j + k_b - kq_b + kq_b ln(kq_b / k_b)
+      + sum over answer slots j:      k_a ghat_j - kq_a g_j ln(k_a ghat_j)
+      + n (E[ln kq_a(T1)] - 1)        (n = len(y), T1 ~ q's insertion schedule)
 
 ``k_a, k_b`` are the model's rate factors ``kappa(t) = a'(t) / (1 - a(t))`` of the insertion and
 unmasking schedules (``Schedule.rate_factor``, the training weights); ``kq_a, kq_b`` those of the
 reference process ``q`` that noises the continuation: the same schedules, rescaled to run from 0
 to 1 when a schedule does not (``geometric``: a(0) = e^-s0, a(1) = e^-s1 < 1), and without the
 rate-factor clamp, so that q starts from the context alone and ends exactly at the data. For the
-schedules with a(0) = 0 and a(1) = 1 (linear, cosine, sin, poly), kq = k up to the clamp, and
-the integrand is the training loss's plus the term the loss drops as constant in ghat::
+schedules with a(0) = 0 and a(1) = 1 (linear, cosine, sin, poly), kq = k up to the clamp, and in
+expectation the integrand is the training loss's plus the term the loss drops as constant in ghat::
 
-    I = k_b sum_masked CE_j + k_a sum_slots [ D(g_j, ghat_j) - g_j ln g_j ],   D the Bregman loss.
+    E[I] = E[ k_b sum_masked CE_j + k_a sum_slots ( D(g_j, ghat_j) - g_j ln g_j ) ],  D the Bregman loss
+
+(the per-sample form above keeps ``ln(k_a ghat)`` together, which is O(1) where ghat -> 0 as
+t -> 1, and has a smaller variance). Times are importance-sampled (:func:`importance_times`).
 
 The answer slots are those the sampler inserts into: ``|context| <= j <= len(x_t)``. With the exact
 rates (Bayes-optimal ghat and token posteriors) the bound is tight: E[I] = -log p(y | c).
