@@ -47,7 +47,10 @@ def _read_records(path: Path, limit: int | None) -> list[dict[str, str]]:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
             if isinstance(record.get("text"), str):
                 records.append({"prompt": None, "response": record["text"]})
             elif isinstance(record.get("response"), str):

@@ -530,9 +530,12 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="retrofit lm-eval", add_help=False,
-        description="Evaluate a retrofit checkpoint with lm-evaluation-harness (the model "
-        "'retrofit'); every other option is lm-eval run's (retrofit lm-eval --tasks list).",
+        prog="retrofit lm-eval",
+        description="Evaluate a retrofit checkpoint with lm-evaluation-harness (its model "
+        "'retrofit').",
+        epilog="Every other option goes to `lm-eval run` (see `lm-eval run --help`): --tasks, "
+        "--include_path, --num_fewshot, --limit, --batch_size, --output_path, --log_samples, "
+        "--apply_chat_template, --gen_kwargs, ...",
     )  # fmt: skip
     parser.add_argument("--model", required=True, help="checkpoint directory or Hub id")
     parser.add_argument("--model_args", "--model-args", default="",
