@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("retrofit.evaluate", "paired comparison of two eval result directories"),
     "merge": ("retrofit.adapter", "export a merged standalone checkpoint (LoRA folded into the backbone)"),
     "push": ("retrofit.hub", "push a checkpoint with a generated model card to the Hugging Face Hub"),
+    "lm-eval": ("retrofit.lm_eval", "run lm-evaluation-harness tasks on a checkpoint (pip install '.[lm-eval]')"),
+    "bpt": ("retrofit.bits_per_token", "bits per token (bound) of checkpoints on held-out data, side by side"),
 }
 
 
