@@ -104,9 +104,7 @@ class _Checkpoint:
     @property
     def uses_chat_template(self) -> bool:
         """Whether the recorded layout renders prompts with the tokenizer's chat template."""
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        mode = self.pipeline.layout.chat_template
-        return has_template and mode in ("auto", "always", True)
+        return self.pipeline.layout.uses_chat_template(self.tokenizer)
 
     def render_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
         """The chat as text in the checkpoint's layout (its chat template, else plain turns)."""
@@ -149,9 +147,7 @@ class _Checkpoint:
         self, prompts: list[list[int]], settings: dict[str, Any], stream_ids: list[int], seed: int
     ) -> list[Answer]:
         """Answers of token-id prompts (cut at the first stop id) with the checkpoint's sampler."""
-        return self.pipeline._sample(
-            prompts, None, stream_ids, dict(settings), seed=seed, progress=False, trace=None
-        )
+        return self.pipeline.generate_ids(prompts, settings, stream_ids=stream_ids, seed=seed)
 
     # -- likelihood ----------------------------------------------------------------------------
 

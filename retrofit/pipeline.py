@@ -255,18 +255,25 @@ class Pipeline:
         if kept:
             stream_ids = [index if tasks[index].stream_id is None else tasks[index].stream_id
                           for index in kept]
-            generated = self._sample(
-                [prompts[i] for i in kept], None if suffixes is None else [suffixes[i] for i in kept],
-                stream_ids, settings, seed=seed, progress=progress, trace=trace,
+            generated = self.generate_ids(
+                [prompts[i] for i in kept], settings,
+                suffixes=None if suffixes is None else [suffixes[i] for i in kept],
+                stream_ids=stream_ids, seed=seed, progress=progress, trace=trace,
             )  # fmt: skip
             for index, answer in zip(kept, generated):
                 answers[index] = answer
         return answers
 
-    def _sample(self, prompts: list[list[int]], suffixes: list[list[int]] | None,
-                stream_ids: list[int], settings: dict[str, Any], *, seed: int, progress: bool,
-                trace: Any) -> list[Answer]:
-        """Run the sampler of the checkpoint's kind; answers cut at their first stop id."""
+    def generate_ids(
+        self, prompts: list[list[int]], sampling: Mapping[str, Any] | None = None, *,
+        suffixes: list[list[int]] | None = None, stream_ids: list[int] | None = None,
+        seed: int = 0, progress: bool = False, trace: Any = None,
+    ) -> list[Answer]:
+        """Answers of prompts already encoded (token ids; infilling: with ``suffixes``) by the
+        sampler of the checkpoint's kind, cut at their first stop id. ``stream_ids``: the random
+        stream of each prompt (default its index)."""
+        settings = dict(sampling or {})
+        stream_ids = list(range(len(prompts))) if stream_ids is None else stream_ids
         started = time.perf_counter()
         with torch.no_grad():
             if self.kind == "mdm":

@@ -111,6 +111,10 @@ class PromptLayout:
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 
+    def uses_chat_template(self, tokenizer: Any) -> bool:
+        """Whether prompts in this layout go through ``tokenizer``'s chat template."""
+        return _use_chat_template(tokenizer, self.chat_template)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (markers as a list)."""
         return {
