@@ -48,6 +48,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,7 +295,7 @@ class TrainingRecipe:
                 else Path(cfg.checkpoint.resume)
             )
             if self.resumed_from is not None:
-                state = self.checkpoints.load(self.resumed_from)
+                state = self._restore(fallback=cfg.checkpoint.resume == "latest")
                 self.step, self.tokens_seen = int(state["step"]), int(state["tokens"])
                 self.elapsed_before = float(state.get("elapsed_s", 0.0))
                 self.data.load_state_dict(state["data"])
@@ -304,6 +305,33 @@ class TrainingRecipe:
                     f"no complete checkpoint in {self.output_dir}: starting from step 0"
                 )
         self.metrics = MetricsWriter(cfg, accelerator, resume_step=self.step)
+
+    def _restore(self, *, fallback: bool) -> dict[str, Any]:
+        """Restore ``self.resumed_from``; with ``fallback`` (``resume: latest``) a checkpoint that
+        does not restore (a damaged optimizer, scheduler, RNG or weights file) is skipped, with a
+        warning, for the previous complete one. Every rank agrees on the checkpoint it uses."""
+        assert self.resumed_from is not None
+        candidates = [self.resumed_from]
+        if fallback:
+            older = [c for c in list_checkpoints(self.output_dir) if c != self.resumed_from]
+            candidates += older[::-1]
+        for index, checkpoint in enumerate(candidates):
+            error = None
+            try:
+                state = self.checkpoints.load(checkpoint)
+            except Exception as failure:  # noqa: BLE001 - any damaged file: try the previous one
+                error = failure
+            if _all_ranks_ok(self.accelerator, error is None):
+                self.resumed_from = checkpoint
+                return state
+            reason = f"{type(error).__name__}: {error}" if error else "another rank could not restore it"
+            if index + 1 == len(candidates):
+                raise RuntimeError(f"{checkpoint} cannot be restored ({reason}) and no earlier complete "
+                                   "checkpoint restores: remove the damaged checkpoints or set "
+                                   "checkpoint.resume=null to start over")
+            warnings.warn(f"{checkpoint} cannot be restored ({reason}); resuming from the previous "
+                          f"complete checkpoint {candidates[index + 1]} instead", stacklevel=2)
+        raise AssertionError("unreachable")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -601,3 +629,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _all_ranks_ok(accelerator: Any, ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (one all-reduce; the value itself on one process)."""
+    if accelerator.num_processes == 1:
+        return ok
+    flag = torch.tensor([1 if ok else 0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)

@@ -575,3 +575,25 @@ def test_an_epochs_budget_becomes_steps_at_launch(tmp_path: Path) -> None:
     assert (summary["epochs"], summary["records_per_epoch"], summary["global_batch_size"]) == (
         0.01, 512, 4
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("damaged", ["state/optimizer.bin", "trainer_state.json", "state/scheduler.bin"])
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, damaged: str) -> None:
+    """Issue 14: `resume: latest` skips a checkpoint whose optimizer / scheduler / trainer state
+    does not restore, with a warning, and continues from the previous complete one; the loss curve
+    then equals an uninterrupted run's (the earlier checkpoint is an exact restart point)."""
+    common = ["training.max_steps=4", "training.micro_batch_size=2", "data.max_length=48",
+              "checkpoint.save_every=1", "checkpoint.keep_last=3", "logging.log_every=1"]
+    straight = _run(PRETRAIN, tmp_path / "straight", *common)
+    run_dir = tmp_path / "run"
+    killed = _run(PRETRAIN, run_dir, *common, stop_after_steps=3)
+    newest = find_latest_checkpoint(run_dir)
+    assert newest == run_dir / "checkpoint-3"
+    target = newest / damaged
+    assert target.is_file(), sorted(str(p.relative_to(newest)) for p in newest.rglob("*"))
+    target.write_bytes(target.read_bytes()[: max(1, target.stat().st_size // 3)])
+    with pytest.warns(UserWarning, match=r"checkpoint-3 cannot be restored .*previous complete "
+                                         r"checkpoint .*checkpoint-2"):
+        resumed = _run(PRETRAIN, run_dir, *common, "checkpoint.resume=latest")
+    assert resumed.resumed_from == run_dir / "checkpoint-2"
+    assert killed.losses[:2] + resumed.losses == straight.losses
