@@ -50,6 +50,8 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from retrofit.models.modulation import check_modulation
+
 from .configuration_dream import DreamConfig
 from .modeling_llada import LLaDARMSNorm, _key_padding_mask, _modulate, apply_rotary
 
@@ -386,32 +388,9 @@ class DreamModel(DreamPreTrainedModel):
     def _check_modulation(
         self, modulation: Sequence[tuple[Tensor, Tensor] | None] | None, batch_size: int
     ) -> Sequence[tuple[Tensor, Tensor] | None] | None:
-        """Validate the per-layer ``(scale, shift)`` pairs (each ``(B, d)``); return them as is."""
-        if modulation is None:
-            return None
-        n_layers, width = self.config.num_hidden_layers, self.config.hidden_size
-        if len(modulation) != n_layers:
-            raise ValueError(
-                f"modulation must have one (scale, shift) entry per layer ({n_layers}), "
-                f"got {len(modulation)}."
-            )
-        for index, entry in enumerate(modulation):
-            if entry is None:
-                continue
-            if len(entry) != 2:
-                raise ValueError(
-                    f"modulation[{index}] must be a (scale, shift) pair, got {len(entry)} items."
-                )
-            for name, tensor in zip(("scale", "shift"), entry):
-                if not isinstance(tensor, Tensor) or tuple(tensor.shape) != (batch_size, width):
-                    shape = (
-                        tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
-                    )
-                    raise ValueError(
-                        f"modulation[{index}] {name} must be a tensor of shape (batch, hidden_size)"
-                        f" = {(batch_size, width)}, got {shape}."
-                    )
-        return modulation
+        """Validate the per-block ``(scale, shift)`` pairs (each ``(B, d)``); return them as is."""
+        return check_modulation(modulation, n_layers=self.config.num_hidden_layers, width=self.config.hidden_size,
+                                batch_size=batch_size, width_name="hidden_size", unit="layer")
 
     @classmethod
     def from_pretrained(

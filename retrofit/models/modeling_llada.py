@@ -39,6 +39,8 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from retrofit.models.modulation import check_modulation
+
 from .configuration_llada import LLaDAConfig
 
 __all__ = [
@@ -417,31 +419,8 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         self, modulation: Sequence[tuple[Tensor, Tensor] | None] | None, batch_size: int
     ) -> Sequence[tuple[Tensor, Tensor] | None] | None:
         """Validate the per-block ``(scale, shift)`` pairs (each ``(B, d)``); return them as is."""
-        if modulation is None:
-            return None
-        n_layers, d_model = self.config.n_layers, self.config.d_model
-        if len(modulation) != n_layers:
-            raise ValueError(
-                f"modulation must have one (scale, shift) entry per block ({n_layers}), "
-                f"got {len(modulation)}."
-            )
-        for index, entry in enumerate(modulation):
-            if entry is None:
-                continue
-            if len(entry) != 2:
-                raise ValueError(
-                    f"modulation[{index}] must be a (scale, shift) pair, got {len(entry)} items."
-                )
-            for name, tensor in zip(("scale", "shift"), entry):
-                if not isinstance(tensor, Tensor) or tuple(tensor.shape) != (batch_size, d_model):
-                    shape = (
-                        tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
-                    )
-                    raise ValueError(
-                        f"modulation[{index}] {name} must be a tensor of shape (batch, d_model) = "
-                        f"{(batch_size, d_model)}, got {shape}."
-                    )
-        return modulation
+        return check_modulation(modulation, n_layers=self.config.n_layers, width=self.config.d_model,
+                                batch_size=batch_size, width_name="d_model")
 
     @classmethod
     def from_pretrained(
