@@ -1,0 +1,291 @@
+"""Typed sampler settings, validated once: :class:`FlexMDMSamplingConfig` and :class:`MDMSamplingConfig`.
+
+A config holds what a user chooses about *how* to sample (steps, confidence, temperature, window,
+lengths, batching); what belongs to the checkpoint (mask / pad / EOS ids, the schedules it was
+trained with) or to one call (the seed, the random-stream ids, the device, a progress bar, a trace
+callback) stays an argument of the sampler.
+
+Both configs are dataclasses whose ``__post_init__`` checks every value's range, so an instance is
+valid by construction. :meth:`from_dict` builds one from plain data (an eval spec's
+``generation.flexmdm`` / ``generation.mdm`` mapping, keyword arguments) strictly: an unknown key is
+an error with a did-you-mean, a value of the wrong type is a one-line error naming the key::
+
+    FlexMDMSamplingConfig.from_dict({"steps": 256, "confidense": "top_prob"}, where="generation.flexmdm")
+    # ConfigError: generation.flexmdm.confidense: unknown key. did you mean 'confidence'? Valid keys: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from retrofit.schedules import Schedule
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "CONFIDENCE_NAMES",
+    "REMASKING_NAMES",
+    "ConfigError",
+    "FlexMDMSamplingConfig",
+    "MDMSamplingConfig",
+    "resolve_config",
+]
+
+CONFIDENCE_NAMES = ("prob_diff", "top_prob", "entropy", "position")
+REMASKING_NAMES = ("low_confidence", "random")
+
+ConfigType = TypeVar("ConfigType", "FlexMDMSamplingConfig", "MDMSamplingConfig")
+
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+class ConfigError(ValueError):
+    """Invalid sampler settings; the message is one line naming the key and what to do."""
+
+
+# The strict conversion below covers the field types of the two configs. The project's one strict
+# loader (``retrofit.yaml_config.from_dict``, same signature and messages) replaces it once it sits
+# below the sampling layer; ``retrofit.config`` (the training recipe schema) sits above it.
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) in _UNIONS:
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return f"list[{_type_name(typing.get_args(annotation)[0])}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` checked against a field annotation (int -> float is the only conversion;
+    numeric strings such as YAML's ``1e-4`` read as floats). Raises a one-line ConfigError."""
+    if typing.get_origin(annotation) in _UNIONS:
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+    elif annotation is type(None):
+        if value is None:
+            return None
+    elif typing.get_origin(annotation) is list:
+        if isinstance(value, (list, tuple)):
+            item = typing.get_args(annotation)[0]
+            return [_coerce(entry, item, f"{where}[{index}]") for index, entry in enumerate(value)]
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+    elif isinstance(annotation, type) and isinstance(value, annotation):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(annotation)}, got {value!r} "
+                      f"({type(value).__name__}).")
+
+
+def _strict_from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from ``data``: unknown key (did-you-mean) and wrong type are one-line
+    ConfigErrors naming ``prefix.key``; the dataclass's own range checks become ConfigErrors too."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
+            hint = f" did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key.{hint} Valid keys: {', '.join(sorted(fields))}.")
+        values[key] = _coerce(value, hints[key], where)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{prefix}: {error}") from error
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise a one-line error (with a did-you-mean) when ``value`` is not one of ``choices``."""
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown {name} {value!r}; choose one of {choices}{hint}")
+
+
+def _check_batching(batch_size: int | None) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+class _SamplingConfig:
+    """Shared constructors of the two configs."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str | None = None) -> Self:
+        """Build a config from plain data, strictly (unknown key or wrong type: ConfigError).
+
+        where: how the error names the mapping, e.g. ``"eval/gsm8k.yaml: generation.flexmdm"``
+        (default: the class name).
+        """
+        if isinstance(data, cls):
+            return data
+        data = dict(data)
+        forbid = data.get("forbid_token_ids")
+        if forbid is not None and not isinstance(forbid, (list, tuple, str, Mapping)) and isinstance(
+            forbid, Iterable
+        ):
+            data["forbid_token_ids"] = list(forbid)  # a set or a range of ids: order is irrelevant
+        return _strict_from_dict(cls, data, where or cls.__name__)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with some fields changed, validated the same way as :meth:`from_dict`."""
+        return resolve_config(type(self), self, changes, where=type(self).__name__)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (recorded next to results). Schedules given as objects
+        appear as their spec strings."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {key: value.spec if isinstance(value, Schedule) else value
+                for key, value in values.items()}
+
+
+@dataclass(frozen=True)
+class FlexMDMSamplingConfig(_SamplingConfig):
+    """Settings of :func:`retrofit.sampling.flexmdm_generate` (see its module for the method).
+
+    steps: Euler steps of dt = 1 / steps (the last one fills every remaining mask).
+    confidence: which masks to unmask first: ``prob_diff`` | ``top_prob`` | ``entropy`` | ``position``.
+    temperature, top_p: token choice; ``temperature == 0`` is greedy.
+    window_alpha, max_window: sliding window over the first masks (None = no window; ``max_window``
+        alone caps the window without the alpha factor).
+    max_length: bound on prompt + answer (+ suffix); None = the model config's.
+    stop_threshold: early stop once a row holds no mask and expects fewer insertions than this.
+    forbid_token_ids: tokens never emitted (None = mask and pad); the mask id is always added.
+    insertion_schedule, unmasking_schedule: None = the model's (its config's) schedules.
+    batch_size: prompts per forward batch (None = all); ``sort_by_length`` groups similar
+        lengths (outputs do not change).
+    fixed_buffer: pad every forward to ``max_length`` (the research sampler's cost; benchmarks).
+    """
+
+    steps: int = 256
+    confidence: str = "prob_diff"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    window_alpha: float | None = None
+    max_window: int | None = None
+    max_length: int | None = None
+    stop_threshold: float = 0.05
+    forbid_token_ids: list[int] | None = None
+    insertion_schedule: str | dict | Schedule | None = None
+    unmasking_schedule: str | dict | Schedule | None = None
+    batch_size: int | None = None
+    sort_by_length: bool = False
+    fixed_buffer: bool = False
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps)
+        _choice("confidence", self.confidence, CONFIDENCE_NAMES)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.window_alpha is not None and self.window_alpha <= 0:
+            raise ValueError(f"window_alpha must be > 0 or None, got {self.window_alpha}")
+        if self.max_window is not None and self.max_window < 1:
+            raise ValueError(f"max_window must be >= 1 or None, got {self.max_window}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or None, got {self.max_length}")
+        if self.stop_threshold < 0:
+            raise ValueError(f"stop_threshold must be >= 0, got {self.stop_threshold}")
+        _check_batching(self.batch_size)
+
+
+@dataclass(frozen=True)
+class MDMSamplingConfig(_SamplingConfig):
+    """Settings of :func:`retrofit.sampling.mdm_generate` (LLaDA's semi-autoregressive sampler).
+
+    gen_length: masks after each prompt; block_length: semi-autoregressive block (None = one block).
+    steps: total steps, split evenly across blocks.
+    temperature: Gumbel-max temperature (0 = greedy); cfg_scale: classifier-free guidance (0 = off).
+    remasking: ``low_confidence`` | ``random``.
+    forbid_token_ids: tokens never emitted (the mask id always; EOS is a normal MDM output).
+    batch_size, sort_by_length: as for the FlexMDM sampler.
+    """
+
+    gen_length: int = 256
+    block_length: int | None = None
+    steps: int = 256
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    forbid_token_ids: list[int] | None = None
+    batch_size: int | None = None
+    sort_by_length: bool = False
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps)
+        block_length = self.gen_length if self.block_length is None else self.block_length
+        if self.gen_length < 1 or block_length < 1 or self.gen_length % block_length:
+            raise ValueError(
+                f"gen_length ({self.gen_length}) must be a positive multiple of block_length "
+                f"({block_length})"
+            )
+        num_blocks = self.gen_length // block_length
+        if self.steps % num_blocks:
+            raise ValueError(
+                f"steps ({self.steps}) must be divisible by the number of blocks ({num_blocks} = "
+                f"gen_length / block_length) so that each block gets the same number of steps"
+            )
+        _choice("remasking", self.remasking, REMASKING_NAMES)
+        if self.temperature < 0 or self.cfg_scale < 0:
+            raise ValueError(
+                f"temperature and cfg_scale must be >= 0, got {self.temperature}, {self.cfg_scale}"
+            )
+        _check_batching(self.batch_size)
+
+    @property
+    def num_blocks(self) -> int:
+        """Semi-autoregressive blocks: gen_length / block_length."""
+        return self.gen_length // (self.block_length or self.gen_length)
+
+
+def resolve_config(
+    cls: type[ConfigType], config: ConfigType | Mapping[str, Any] | None,
+    settings: Mapping[str, Any], where: str,
+) -> ConfigType:
+    """The config of one sampler call: ``config`` (an instance or a mapping, default all defaults)
+    with the keyword ``settings`` laid over it, validated once (unknown key: ConfigError)."""
+    if config is None:
+        base: dict[str, Any] = {}
+    elif isinstance(config, cls):
+        if not settings:
+            return config
+        # Field values as they are (to_dict would write schedule objects as strings).
+        base = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    elif isinstance(config, Mapping):
+        base = dict(config)
+    else:
+        raise ConfigError(f"{where}: config must be a {cls.__name__} or a mapping, "
+                          f"got {type(config).__name__}")
+    return cls.from_dict({**base, **settings}, where=where)

@@ -1,0 +1,610 @@
+"""The FlexMDM sampler: insert + unmask, from an empty answer (or infilling middle) to a finished one.
+
+FlexMDM (spec section 6). The state is the prompt plus a growing answer; time runs t = 0 -> 1 in
+``steps`` Euler steps of ``dt = 1 / steps``. Each step runs ONE forward pass on the live buffer (the
+batch's longest unfinished row; the model appends the trailing slot itself) and then:
+
+- **unmask**: ``k ~ Poisson(n_mask * p_beta(t))`` per row, clamped to the number of
+  eligible masks (a clean token is never overwritten); the k most confident masks are filled.
+  Confidence (``prob_diff`` = top1 - top2 probability, ``top_prob``, ``entropy`` (lower entropy =
+  more confident), ``position`` (leftmost first)) is computed from the logits at the candidate
+  masked positions only: ``logits_positions`` makes the LM head run only there. With a sliding
+  window (``window_alpha``) the candidates are the first ``min(ceil(window_alpha * k), max_window,
+  n_mask)`` masks left to right. Tokens are the argmax (``temperature == 0``) or a temperature /
+  top-p sample; ``forbid_token_ids`` (default: mask and pad, hence EOS where EOS == pad) are never
+  emitted.
+- **insert**: ``e_j ~ Poisson(ghat_j * p_alpha(t))`` new masks in slot j, only in the
+  answer's slots (slot j is the gap before position j): ``prompt_len <= j <= length`` when
+  generating, ``prefix_len <= j <= length - suffix_len`` when infilling. New positions come from a
+  cumulative sum and one scatter (no per-token Python loop).
+- the **last step** fills every remaining mask by argmax and inserts nothing.
+- **per-step probabilities**: ``p_a(t) = (a(t + dt) - a(t)) / (1 - a(t))`` is the exact
+  probability that a token still absent (``a = alpha``) or still masked (``a = beta``) at t
+  arrives during the step. It equals ``kappa_a(t) * dt`` to first order and exactly for the linear
+  schedule, and stays finite where ``kappa`` does not (``poly(p < 1)`` has ``kappa(0) = inf``).
+- **early stop**: a row stops once it holds no mask and the expected number of tokens the model
+  still wants to insert over the rest of the run, ``sum_j ghat_j * (alpha(1) - alpha(t)) / (1 -
+  alpha(t))``, is below ``stop_threshold``. (ghat_j is the expected number of absent tokens in slot
+  j, each of which arrives before t = 1 with probability ``(alpha(1) - alpha(t)) / (1 - alpha(t))``;
+  this is stricter than comparing one step's expected insertions ``sum ghat kappa dt`` with the
+  threshold, which is tiny whenever dt is.) Finished rows leave the forward pass.
+
+**Maximum length policy.** ``max_length`` bounds the whole row (prompt + answer (+ suffix)). When a
+step's insertions would push a row past it, that row's insertion counts are scaled down
+proportionally to exactly fill the remaining room (largest-remainder rounding, exact integer
+arithmetic), so every slot keeps its share; the row's ``truncated`` flag in the result records that
+the model wanted more tokens than fitted. Other rows are unaffected.
+
+**Reproducibility.** Every row draws its randomness (k, insertion counts, token samples) from its
+own generator seeded by ``(seed, index of the prompt in the input list)``, with shapes that depend
+only on the row's own content. So a seed gives identical outputs, and neither the buffer width
+(``fixed_buffer=True`` pads every forward to ``max_length``, as the research sampler did) nor the
+batch composition (``batch_size``, ``sort_by_length``) changes a row's output, as long as the model
+itself is invariant to padding (the adapter masks attention beyond each row's length; float
+reductions over a different width can still differ in the last bit on real hardware).
+
+
+**Phases.** One step of a batch reads as its phases (each a function below):
+``live rows -> plan unmask -> forward -> unmask -> insert or stop``; a call reads
+``validate (config) -> per batch: set up rows -> steps -> collect outputs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .blocks import (
+    _confidence,
+    _sample_tokens,
+    _select_top_k,
+    _step_probabilities,
+    cap_insertions,
+    insert_masks,
+)
+from .config import FlexMDMSamplingConfig, resolve_config
+from .plumbing import (
+    TokenRows,
+    _accepts_logits_positions,
+    _as_rows,
+    _batches,
+    _call_model,
+    _check_prompt_count,
+    _config_value,
+    _model_device,
+    _progress_bar,
+    _resolve_schedule,
+    _row_generator,
+    _stream_ids,
+)
+from .results import FlexMDMSamplingResult, TraceStep
+
+__all__ = ["flexmdm_generate"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The call: validate once, then run each batch
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def flexmdm_generate(
+    model: Callable[..., Any],
+    prompts: TokenRows,
+    *,
+    suffixes: TokenRows | None = None,
+    config: FlexMDMSamplingConfig | Mapping[str, Any] | None = None,
+    mask_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    seed: int = 0,
+    row_ids: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    trace: Callable[[TraceStep], None] | None = None,
+    **settings: Any,
+) -> FlexMDMSamplingResult:
+    """Generate answers (or infill middles) with a FlexMDM; see the module docstring for the method.
+
+    Args:
+        model: a FlexMDM (or any callable with its forward signature) returning logits and gaps.
+        prompts: N token id sequences (lists or 1-D tensors) of any lengths; with ``suffixes``
+            they are the infilling prefixes (including any boundary marker).
+        suffixes: N suffix sequences for infilling (insertion only between prefix and suffix);
+            the output is then the middle.
+        config: the sampler settings (:class:`FlexMDMSamplingConfig`, or a mapping of its fields,
+            e.g. an eval spec's ``generation.flexmdm``); default all defaults.
+        **settings: fields of :class:`FlexMDMSamplingConfig` as keywords (``steps=64``,
+            ``confidence="top_prob"``, ...), laid over ``config``; an unknown one is an error.
+        mask_token_id, pad_token_id: default ``model.config``'s.
+        seed: row i draws from a generator seeded by (seed, row_ids[i]).
+        row_ids: random-stream id of each prompt (default: its index). Callers that sample one
+            list in several calls (an evaluator's batches) pass globally distinct ids, so no two
+            calls repeat a stream.
+        device: default the model's device.
+        progress: show a tqdm bar over steps.
+        trace: called with a :class:`TraceStep` for the initial state and after every step.
+
+    Returns:
+        :class:`FlexMDMSamplingResult` in the order of ``prompts``.
+    """
+    config = resolve_config(FlexMDMSamplingConfig, config, settings, "flexmdm_generate")
+    prefix_rows, suffix_rows = _prompt_rows(prompts, suffixes)
+    stream_ids = _stream_ids(row_ids, len(prefix_rows))
+    options = _flex_options(model, config, prefix_rows, suffix_rows, mask_token_id, pad_token_id,
+                            seed, device, progress, trace)
+    n_prompts = len(prefix_rows)
+    sequences: list[list[int]] = [[] for _ in range(n_prompts)]
+    full_sequences: list[list[int]] = [[] for _ in range(n_prompts)]
+    lengths = torch.zeros(n_prompts, dtype=torch.long)
+    steps_taken = torch.zeros(n_prompts, dtype=torch.long)
+    truncated = torch.zeros(n_prompts, dtype=torch.bool)
+    forward_passes = 0
+    batches = _batches([len(p) + len(s) for p, s in zip(prefix_rows, suffix_rows)],
+                       config.batch_size, config.sort_by_length)
+    for batch_index, members in enumerate(batches):
+        batch = _run_batch(
+            model, [prefix_rows[i] for i in members], [suffix_rows[i] for i in members], members,
+            [stream_ids[i] for i in members], batch_index, options,
+        )
+        forward_passes += batch["forward_passes"]
+        for position, row_id in enumerate(members):
+            sequences[row_id] = batch["answers"][position]
+            full_sequences[row_id] = batch["full"][position]
+            lengths[row_id] = len(batch["answers"][position])
+            steps_taken[row_id] = batch["steps"][position]
+            truncated[row_id] = batch["truncated"][position]
+    return FlexMDMSamplingResult(
+        sequences=sequences, full_sequences=full_sequences, lengths=lengths, steps=steps_taken,
+        truncated=truncated, num_forward_passes=forward_passes,
+    )
+
+
+def _prompt_rows(prompts: TokenRows, suffixes: TokenRows | None
+                 ) -> tuple[list[list[int]], list[list[int]]]:
+    """Prefix and suffix rows as lists of ints (empty suffixes when not infilling)."""
+    prefix_rows = _as_rows(prompts, "prompts")
+    suffix_rows = _as_rows(suffixes, "suffixes")
+    _check_prompt_count(len(prefix_rows))
+    if suffix_rows is None:
+        return prefix_rows, [[] for _ in prefix_rows]
+    if len(suffix_rows) != len(prefix_rows):
+        raise ValueError(
+            f"got {len(prefix_rows)} prefixes but {len(suffix_rows)} suffixes: pass one per prefix"
+        )
+    return prefix_rows, suffix_rows
+
+
+@dataclass
+class _FlexOptions:
+    """Validated FlexMDM sampling settings shared by all batches of one call, with what they
+    resolve to for this model (ids, max length, per-step probabilities as Python floats)."""
+
+    config: FlexMDMSamplingConfig
+    steps: int
+    confidence: str
+    temperature: float
+    top_p: float
+    window_alpha: float | None
+    max_window: int | None
+    max_length: int
+    stop_threshold: float
+    forbidden: Tensor
+    mask_id: int
+    pad_id: int
+    seed: int
+    fixed_buffer: bool
+    device: torch.device
+    insert_probability: list[float]
+    unmask_probability: list[float]
+    arrival: list[float]
+    pass_positions: bool
+    progress: bool
+    trace: Callable[[TraceStep], None] | None
+
+
+def _resolve_max_length(model: Any, explicit: int | None) -> int:
+    """The row-length bound: explicit (never above the model's), else the model config's."""
+    model_max_length = _config_value(model, "max_length", None)
+    max_length = model_max_length if explicit is None else explicit
+    if max_length is None:
+        raise ValueError("max_length unknown: the model config has none; pass max_length=")
+    if model_max_length is not None and max_length > model_max_length:
+        # Checked up front: the model itself refuses longer inputs, which would otherwise fail
+        # partway through a run as soon as one row grows past its limit.
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's max_length={model_max_length}: "
+            "lower it, or retrofit with a larger max_length"
+        )
+    return int(max_length)
+
+
+def _check_prompts_fit(prefix_rows: list[list[int]], suffix_rows: list[list[int]], max_length: int,
+                       mask_id: int) -> None:
+    """Every prompt fits ``max_length`` and holds no mask token."""
+    for index, (prefix, suffix) in enumerate(zip(prefix_rows, suffix_rows)):
+        if len(prefix) + len(suffix) > max_length:
+            raise ValueError(
+                f"prompt {index} has {len(prefix) + len(suffix)} tokens, more than "
+                f"max_length={max_length}: shorten it or raise max_length"
+            )
+        if mask_id in prefix or mask_id in suffix:
+            raise ValueError(
+                f"prompt {index} contains the mask token id {mask_id}: prompts must be clean"
+            )
+
+
+def _flex_options(
+    model: Any, config: FlexMDMSamplingConfig, prefix_rows: list[list[int]],
+    suffix_rows: list[list[int]], mask_token_id: int | None, pad_token_id: int | None, seed: int,
+    device: torch.device | str | None, progress: bool, trace: Callable[[TraceStep], None] | None,
+) -> _FlexOptions:
+    """Resolve the config against the model (ids, max length, schedules) and check the prompts."""
+    mask_id = _config_value(model, "mask_token_id", mask_token_id)
+    pad_id = _config_value(model, "pad_token_id", pad_token_id)
+    if mask_id is None or pad_id is None:
+        raise ValueError(
+            "mask/pad token ids unknown: the model config has no mask_token_id/pad_token_id; "
+            "pass mask_token_id= and pad_token_id="
+        )
+    max_length = _resolve_max_length(model, config.max_length)
+    forbid = config.forbid_token_ids
+    forbidden = {int(mask_id)} | ({int(pad_id)} if forbid is None else {int(i) for i in forbid})
+    _check_prompts_fit(prefix_rows, suffix_rows, max_length, mask_id)
+    run_device = _model_device(model, device)
+    steps = config.steps
+    insertion = _resolve_schedule(model, "insertion", config.insertion_schedule)
+    unmasking = _resolve_schedule(model, "unmasking", config.unmasking_schedule)
+    # Per-step arrival probabilities as Python floats (float64 maths), computed once.
+    times = torch.arange(steps, dtype=torch.float64) / steps  # (steps,)
+    alpha_one = float(insertion.at(torch.tensor(1.0, dtype=torch.float64)))
+    one_minus_alpha = (1.0 - insertion.at(times)).clamp_min(1e-12)  # (steps,)
+    arrival = ((alpha_one - insertion.at(times)) / one_minus_alpha).clamp(0.0, 1.0).tolist()
+    return _FlexOptions(
+        config=config, steps=steps, confidence=config.confidence,
+        temperature=float(config.temperature), top_p=float(config.top_p),
+        window_alpha=config.window_alpha, max_window=config.max_window, max_length=max_length,
+        stop_threshold=float(config.stop_threshold),
+        forbidden=torch.tensor(sorted(forbidden), dtype=torch.long, device=run_device),
+        mask_id=int(mask_id), pad_id=int(pad_id), seed=int(seed), fixed_buffer=config.fixed_buffer,
+        device=run_device, insert_probability=_step_probabilities(insertion, steps),
+        unmask_probability=_step_probabilities(unmasking, steps), arrival=arrival,
+        pass_positions=_accepts_logits_positions(model), progress=progress, trace=trace,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch: its state, its steps, its outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """The sampling state of one batch of B rows (right-padded, explicit lengths).
+
+    input_ids: (B, W) with W >= every row's length; lengths: (B,) prompt + answer (+ suffix);
+    prefix_len / suffix_len: (B,) the protected tokens before / after the answer. ``*_cpu`` mirror
+    the lengths as Python ints (no device sync per step).
+    """
+
+    input_ids: Tensor
+    lengths: Tensor
+    lengths_cpu: list[int]
+    prefix_len: Tensor
+    suffix_len: Tensor
+    prefix_cpu: list[int]
+    suffix_cpu: list[int]
+    generators: list[torch.Generator]
+    active: list[bool]
+    steps_taken: list[int]
+    truncated: Tensor
+    row_ids: list[int]
+    batch_index: int
+    forward_passes: int = 0
+
+
+@dataclass
+class _LiveRows:
+    """The rows still sampling in this step, cut to the live width L (or max_length when fixed).
+
+    rows: their indices in the batch; index: (A,) the same as a tensor; ids: (A, L);
+    lengths, prefix, middle_end: (A,); is_mask: (A, L) masks of the answer; n_mask: (A,).
+    """
+
+    rows: list[int]
+    index: Tensor
+    width: int
+    ids: Tensor
+    lengths: Tensor
+    prefix: Tensor
+    middle_end: Tensor
+    is_mask: Tensor
+    n_mask: Tensor
+
+
+@dataclass
+class _UnmaskPlan:
+    """How many masks each live row unmasks (k: (A,)) and where logits are needed
+    (candidates: (A, L) bool)."""
+
+    k: Tensor
+    candidates: Tensor
+
+
+def _run_batch(
+    model: Callable[..., Any], prefixes: list[list[int]], suffixes: list[list[int]],
+    row_ids: list[int], stream_ids: list[int], batch_index: int, options: _FlexOptions,
+) -> dict[str, Any]:
+    """Run the FlexMDM sampler on one batch; returns per-row answers, full rows, steps, flags."""
+    batch = _start_batch(prefixes, suffixes, row_ids, stream_ids, batch_index, options)
+    _emit_trace(batch, options, 0)
+    progress_bar = _progress_bar(options.steps, options.progress, "flexmdm")
+    for step in range(options.steps):
+        if not any(batch.active):
+            break
+        _step(model, batch, options, step)
+        progress_bar.update(1)
+        _emit_trace(batch, options, step + 1)
+    progress_bar.close()
+    return _collect_outputs(batch, options)
+
+
+def _start_batch(
+    prefixes: list[list[int]], suffixes: list[list[int]], row_ids: list[int],
+    stream_ids: list[int], batch_index: int, options: _FlexOptions,
+) -> _Batch:
+    """The initial state: each row is its prefix followed by its suffix (an empty answer)."""
+    device = options.device
+    batch_size = len(prefixes)
+    prefix_cpu = [len(p) for p in prefixes]
+    suffix_cpu = [len(s) for s in suffixes]
+    lengths_cpu = [p + s for p, s in zip(prefix_cpu, suffix_cpu)]
+    # Live: as wide as the longest row (at least 1); fixed: max_length (the research layout).
+    state_width = options.max_length if options.fixed_buffer else max(1, max(lengths_cpu))
+    input_ids = torch.full((batch_size, state_width), options.pad_id, dtype=torch.long)
+    for row, (prefix, suffix) in enumerate(zip(prefixes, suffixes)):
+        input_ids[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+        input_ids[row, len(prefix) : len(prefix) + len(suffix)] = torch.tensor(
+            suffix, dtype=torch.long
+        )
+    return _Batch(
+        input_ids=input_ids.to(device),
+        lengths=torch.tensor(lengths_cpu, dtype=torch.long, device=device),
+        lengths_cpu=lengths_cpu,
+        prefix_len=torch.tensor(prefix_cpu, dtype=torch.long, device=device),
+        suffix_len=torch.tensor(suffix_cpu, dtype=torch.long, device=device),
+        prefix_cpu=prefix_cpu,
+        suffix_cpu=suffix_cpu,
+        generators=[_row_generator(options.seed, stream, device) for stream in stream_ids],
+        active=[True] * batch_size,
+        steps_taken=[0] * batch_size,
+        truncated=torch.zeros(batch_size, dtype=torch.bool, device=device),
+        row_ids=list(row_ids),
+        batch_index=batch_index,
+    )
+
+
+def _step(model: Callable[..., Any], batch: _Batch, options: _FlexOptions, step: int) -> None:
+    """One Euler step: live rows -> plan unmask -> forward -> unmask -> insert or stop."""
+    last = step == options.steps - 1
+    live = _live_rows(batch, options)
+    plan = _plan_unmask(live, batch, options, step, last)
+    logits, gaps = _forward(model, live, plan, batch, options, step, last)
+    remaining_masks = _unmask(live, plan, logits, batch, options, last)
+    for row in live.rows:
+        batch.steps_taken[row] += 1
+    if last:
+        for row in live.rows:
+            batch.active[row] = False
+    else:
+        _insert_or_stop(live, gaps, remaining_masks, batch, options, step)
+
+
+def _live_rows(batch: _Batch, options: _FlexOptions) -> _LiveRows:
+    """The active rows, cut to the live width (the longest active row, at least 1)."""
+    device = options.device
+    rows = [row for row, active in enumerate(batch.active) if active]
+    index = torch.tensor(rows, dtype=torch.long, device=device)  # (A,)
+    if options.fixed_buffer:
+        width = options.max_length
+    else:
+        width = max(1, max(batch.lengths_cpu[row] for row in rows))
+    ids = batch.input_ids[index, :width]  # (A, L) the live buffer
+    lengths = batch.lengths[index]  # (A,)
+    prefix = batch.prefix_len[index]  # (A,)
+    middle_end = lengths - batch.suffix_len[index]  # (A,)
+    positions = torch.arange(width, device=device)  # (L,)
+    in_middle = (positions[None, :] >= prefix[:, None]) & (positions[None, :] < middle_end[:, None])
+    is_mask = (ids == options.mask_id) & in_middle  # (A, L)
+    return _LiveRows(rows=rows, index=index, width=width, ids=ids, lengths=lengths, prefix=prefix,
+                     middle_end=middle_end, is_mask=is_mask, n_mask=is_mask.sum(dim=1))
+
+
+def _plan_unmask(live: _LiveRows, batch: _Batch, options: _FlexOptions, step: int, last: bool
+                 ) -> _UnmaskPlan:
+    """How many masks to unmask, drawn before the forward (it decides where logits run).
+
+    k ~ Poisson(n_mask * p_beta(t)) clamped to the eligible masks; candidates are the first
+    ``window`` masks left to right (every mask without a window); rows with k = 0 need no logits.
+    The last step unmasks every mask.
+    """
+    if last:
+        return _UnmaskPlan(k=live.n_mask, candidates=live.is_mask)
+    n_mask = live.n_mask
+    rates = n_mask.double() * options.unmask_probability[step]  # (A,)
+    k = torch.cat(
+        [
+            torch.poisson(rates[i : i + 1], generator=batch.generators[row])
+            for i, row in enumerate(live.rows)
+        ]
+    ).long()
+    k = torch.minimum(k, n_mask)  # never more than the eligible masks
+    window = n_mask  # (A,) candidates: the first `window` masks left to right
+    if options.window_alpha is not None:
+        window = torch.minimum(window, torch.ceil(k.double() * options.window_alpha).long())
+    if options.max_window is not None:
+        window = window.clamp_max(options.max_window)
+    k = torch.minimum(k, window)
+    if options.confidence == "position":
+        window = k  # leftmost first: the chosen masks are known before the forward
+    mask_rank = live.is_mask.long().cumsum(dim=1) - 1  # (A, L) rank among the row's masks
+    candidates = live.is_mask & (mask_rank < window[:, None]) & (k > 0)[:, None]
+    return _UnmaskPlan(k=k, candidates=candidates)
+
+
+def _forward(
+    model: Callable[..., Any], live: _LiveRows, plan: _UnmaskPlan, batch: _Batch,
+    options: _FlexOptions, step: int, last: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """One forward pass on the live rows: logits (N, V) at the candidates and gaps (A, L + 1).
+
+    The last step needs no gaps, so it skips the forward when no mask is left to fill.
+    """
+    if last and not bool(plan.candidates.any()):
+        return live.ids.new_empty((0, 0), dtype=torch.float32), None
+    t = step * (1.0 / options.steps)
+    t_batch = torch.full((len(live.rows),), t, dtype=torch.float32, device=options.device)
+    logits, gaps = _call_model(
+        model, live.ids, live.lengths, t_batch, plan.candidates, options.pass_positions
+    )
+    batch.forward_passes += 1
+    if gaps is None and not last:
+        raise ValueError(
+            "the model returned no gaps: it is not a FlexMDM (kind 'mdm'?); use mdm_generate"
+        )
+    return logits, gaps
+
+
+def _unmask(live: _LiveRows, plan: _UnmaskPlan, logits: Tensor, batch: _Batch,
+            options: _FlexOptions, last: bool) -> Tensor:
+    """Fill the k most confident candidates of each row; returns the masks left (A,)."""
+    if logits.shape[0] == 0:
+        return live.n_mask
+    logits = logits.float()  # (N, V); a fresh tensor of the LM head: filled in place
+    logits.index_fill_(-1, options.forbidden, float("-inf"))
+    candidates = plan.candidates
+    if last or options.confidence == "position":
+        selected = candidates
+    else:
+        scores = torch.full(live.ids.shape, float("-inf"), device=options.device)  # (A, L)
+        scores[candidates] = _confidence(logits, options.confidence)
+        selected = _select_top_k(scores, plan.k) & candidates
+    candidate_index = candidates.flatten().long().cumsum(0) - 1  # (A * L,)
+    chosen_logits = logits[candidate_index[selected.flatten()]]  # (K, V)
+    if last or options.temperature == 0.0:
+        tokens = chosen_logits.argmax(dim=-1)
+    else:
+        per_row = selected.sum(dim=1).tolist()
+        uniforms = torch.cat(
+            [
+                torch.rand(count, generator=batch.generators[row], dtype=torch.float64,
+                           device=options.device)
+                for count, row in zip(per_row, live.rows)
+            ]
+        )
+        tokens = _sample_tokens(chosen_logits, options.temperature, options.top_p, uniforms)
+    ids = live.ids.masked_scatter(selected, tokens)
+    batch.input_ids[live.index, : live.width] = ids
+    return live.n_mask - selected.sum(dim=1)
+
+
+def _insert_or_stop(live: _LiveRows, gaps: Tensor, remaining_masks: Tensor, batch: _Batch,
+                    options: _FlexOptions, step: int) -> None:
+    """Stop the rows that are done; draw and insert the others' new masks.
+
+    A row stops once it holds no mask and expects fewer than ``stop_threshold`` insertions over
+    the rest of the run. The others draw ``e_j ~ Poisson(ghat_j * p_alpha(t))`` masks per answer
+    slot, capped to ``max_length``.
+    """
+    width = live.width
+    gaps = gaps[:, : width + 1].double().clamp_min(0)  # (A, L + 1)
+    slots = torch.arange(width + 1, device=options.device)  # (L + 1,)
+    allowed = (slots[None, :] >= live.prefix[:, None]) & (
+        slots[None, :] <= live.middle_end[:, None]
+    )  # (A, L + 1): the answer's slots only
+    expected_gaps = torch.where(allowed, gaps, 0.0)
+    expected_remaining = expected_gaps.sum(dim=1) * options.arrival[step]  # (A,)
+    finished = ((remaining_masks == 0) & (expected_remaining < options.stop_threshold)).tolist()
+    insertion_rates = expected_gaps * options.insert_probability[step]  # (A, L + 1)
+    draws = []
+    for i, row in enumerate(live.rows):
+        if finished[i]:
+            allowed[i] = False
+            batch.active[row] = False
+            continue
+        start, end = batch.prefix_cpu[row], batch.lengths_cpu[row] - batch.suffix_cpu[row]
+        draws.append(
+            torch.poisson(insertion_rates[i, start : end + 1], generator=batch.generators[row])
+        )
+    if draws:
+        counts = torch.zeros(allowed.shape, dtype=torch.long, device=options.device)
+        counts[allowed] = torch.cat(draws).long()
+        _apply_insertions(live, counts, batch, options)
+
+
+def _apply_insertions(live: _LiveRows, counts: Tensor, batch: _Batch, options: _FlexOptions
+                      ) -> None:
+    """Insert ``counts`` (A, L + 1) masks into the live rows, capped to ``max_length``."""
+    counts, cut = cap_insertions(counts, options.max_length - live.lengths)
+    batch.truncated[live.index] |= cut
+    full_counts = torch.zeros(
+        (len(batch.active), batch.input_ids.shape[1] + 1), dtype=torch.long, device=options.device
+    )
+    full_counts[live.index, : live.width + 1] = counts
+    batch.input_ids, batch.lengths = insert_masks(
+        batch.input_ids,
+        batch.lengths,
+        full_counts,
+        mask_token_id=options.mask_id,
+        pad_token_id=options.pad_id,
+        width=options.max_length if options.fixed_buffer else None,
+    )
+    batch.lengths_cpu = batch.lengths.tolist()
+
+
+def _emit_trace(batch: _Batch, options: _FlexOptions, step: int) -> None:
+    """Report the batch's state after ``step`` steps to the trace callback (if any)."""
+    if options.trace is None:
+        return
+    device = options.device
+    positions = torch.arange(batch.input_ids.shape[1], device=device)
+    middle = (positions[None, :] >= batch.prefix_len[:, None]) & (
+        positions[None, :] < (batch.lengths - batch.suffix_len)[:, None]
+    )
+    n_mask = ((batch.input_ids == options.mask_id) & middle).sum(dim=1).tolist()
+    answer_lengths = (batch.lengths - batch.prefix_len - batch.suffix_len).tolist()
+    options.trace(
+        TraceStep(
+            batch_index=batch.batch_index,
+            step=step,
+            t=step * (1.0 / options.steps),
+            row_ids=list(batch.row_ids),
+            lengths=answer_lengths,
+            n_clean=[a - m for a, m in zip(answer_lengths, n_mask)],
+            n_mask=n_mask,
+            active=list(batch.active),
+        )
+    )
+
+
+def _collect_outputs(batch: _Batch, options: _FlexOptions) -> dict[str, Any]:
+    """Per-row answers (the middle), full rows, steps taken, truncation flags, forward passes."""
+    answers, full = [], []
+    rows = batch.input_ids.tolist()
+    for row in range(len(rows)):
+        sequence = rows[row][: batch.lengths_cpu[row]]
+        middle = sequence[batch.prefix_cpu[row] : batch.lengths_cpu[row] - batch.suffix_cpu[row]]
+        if options.mask_id in middle:  # cannot happen: the last step fills every mask
+            raise RuntimeError("internal error: a mask survived the last step")
+        answers.append(middle)
+        full.append(sequence)
+    return {
+        "answers": answers,
+        "full": full,
+        "steps": batch.steps_taken,
+        "truncated": batch.truncated.tolist(),
+        "forward_passes": batch.forward_passes,
+    }

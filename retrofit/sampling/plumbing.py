@@ -1,0 +1,149 @@
+"""Model plumbing and input handling shared by the samplers (calling the model, ids, batches, RNG)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from retrofit.schedules import Schedule, get_schedule
+
+TokenRows = Sequence[Sequence[int]] | Sequence[Tensor]
+
+
+def _accepts_logits_positions(model: Callable[..., Any]) -> bool:
+    """Whether ``model``'s forward takes a ``logits_positions`` argument (or ``**kwargs``)."""
+    target = model.forward if isinstance(model, nn.Module) else model
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.name == "logits_positions" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
+
+
+def _call_model(
+    model: Callable[..., Any],
+    input_ids: Tensor,
+    lengths: Tensor,
+    t: Tensor | None,
+    positions: Tensor,
+    pass_positions: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Run one forward pass; returns ``(logits (N, V) at the True ``positions``, gaps or None)``.
+
+    input_ids, positions: (B, L); lengths: (B,); t: (B,) or None.
+    """
+    if pass_positions:
+        output = model(input_ids, lengths, t, logits_positions=positions)
+    else:
+        output = model(input_ids, lengths, t)
+    if isinstance(output, Tensor):
+        logits, gaps = output, None
+    elif isinstance(output, tuple):
+        logits, gaps = output[0], (output[1] if len(output) > 1 else None)
+    else:
+        logits, gaps = output.logits, getattr(output, "gaps", None)
+    if logits.dim() == 3:  # (B, L, V): the model ignored logits_positions
+        logits = logits[positions]
+    return logits, gaps
+
+
+def _model_device(model: Any, device: torch.device | str | None) -> torch.device:
+    """The device to run on: explicit, else the model's first parameter or buffer, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(model, nn.Module):
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+def _config_value(model: Any, name: str, explicit: Any) -> Any:
+    """An explicit argument, else ``model.config.<name>``, else None."""
+    if explicit is not None:
+        return explicit
+    return getattr(getattr(model, "config", None), name, None)
+
+
+def _resolve_schedule(model: Any, which: str, explicit: str | dict | Schedule | None) -> Schedule:
+    """The insertion / unmasking schedule: explicit > ``model.<which>_schedule`` > config spec."""
+    if explicit is not None:
+        return get_schedule(explicit)
+    attribute = getattr(model, f"{which}_schedule", None)
+    if attribute is not None:
+        return get_schedule(attribute)
+    spec = getattr(getattr(model, "config", None), f"{which}_schedule", None)
+    if spec is None:
+        raise ValueError(
+            f"no {which} schedule: the model has no `{which}_schedule` and its config none either; "
+            f"pass {which}_schedule='linear' (or the schedule the model was trained with)"
+        )
+    return get_schedule(spec)
+
+
+def _as_rows(rows: TokenRows | None, what: str) -> list[list[int]] | None:
+    """Token id rows as lists of ints; raises a clear error for malformed input."""
+    if rows is None:
+        return None
+    if isinstance(rows, Tensor):
+        raise TypeError(f"{what} must be a list of token id sequences, not one tensor")
+    rows = list(rows)
+    if rows and isinstance(rows[0], int):
+        raise TypeError(f"{what} must be a list of token id sequences; wrap a single one: [{what}]")
+    result = []
+    for index, row in enumerate(rows):
+        if isinstance(row, Tensor):
+            if row.dim() != 1:
+                raise ValueError(f"{what}[{index}] must be 1-D, got shape {tuple(row.shape)}")
+            row = row.tolist()
+        elif isinstance(row, str):
+            raise TypeError(f"{what}[{index}] is a string: tokenize it first")
+        result.append([int(token) for token in row])
+    return result
+
+
+def _stream_ids(row_ids: Sequence[int] | None, n_prompts: int) -> list[int]:
+    """The random-stream id of every prompt: ``row_ids``, or the prompt's index by default."""
+    if row_ids is None:
+        return list(range(n_prompts))
+    row_ids = list(row_ids)
+    if len(row_ids) != n_prompts:
+        raise ValueError(f"row_ids has {len(row_ids)} entries for {n_prompts} prompts: give one each")
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in row_ids):
+        raise ValueError("row_ids must be non-negative integers (one random-stream id per prompt)")
+    return row_ids
+
+
+def _check_prompt_count(n_prompts: int) -> None:
+    """At least one prompt (the settings themselves are checked by the sampler configs)."""
+    if n_prompts == 0:
+        raise ValueError("no prompts given: pass at least one prompt (an empty prompt [] is fine)")
+
+
+def _row_generator(seed: int, row_id: int, device: torch.device) -> torch.Generator:
+    """The generator of prompt ``row_id`` (its random-stream id): a function of (seed, row_id)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 0x9E3779B97F4A7C15 + row_id * 0xBF58476D1CE4E5B9 + 1) % 2**63)
+    return generator
+
+
+def _batches(lengths: list[int], batch_size: int | None, sort_by_length: bool) -> list[list[int]]:
+    """Indices of the prompts in each batch (sorted by length when asked, longest first)."""
+    order = list(range(len(lengths)))
+    if sort_by_length:
+        order.sort(key=lambda index: -lengths[index])
+    size = batch_size or len(order)
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def _progress_bar(total: int, enabled: bool, description: str) -> Any:
+    """A tqdm bar over ``total`` steps (disabled unless ``enabled``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=description, leave=False, dynamic_ncols=True)
+
