@@ -181,36 +181,43 @@ def test_num_transfer_tokens_matches_llada():
 
 
 def _expected_answer_length(gap: float, steps: int) -> tuple[float, float]:
-    """Exact mean and variance of the final answer length m of the discrete-time sampler.
+    """Exact mean, and the variance under the Poisson draw, of the final answer length m.
 
-    With ghat_j = gap on each of the X = m + 1 answer slots, step n inserts Poisson(c_n X) masks,
+    With ghat_j = gap on each of the X = m + 1 answer slots, step n inserts on average c_n X masks,
     c_n = gap * (alpha(t_n + dt) - alpha(t_n)) / (1 - alpha(t_n)) = gap * dt / (1 - t_n) for the
-    linear alpha (steps 0 .. steps-2; the last step inserts nothing). Hence
-    E[X'] = (1 + c) E[X] and Var[X'] = c E[X] + (1 + c)^2 Var[X], from X = 1 (empty answer).
+    linear alpha (steps 0 .. steps-1, the last one included: its c = gap, every missing token
+    arrives; the fill pass after it inserts nothing). Hence E[X'] = (1 + c) E[X], for both draws
+    (the binomial draw's missing count is an unbiased rounding of gap X). Poisson:
+    Var[X'] = c E[X] + (1 + c)^2 Var[X], from X = 1 (empty answer); the binomial draw's variance
+    is smaller (its conditional variance gap X p (1 - p) + p^2 / 4 <= c X here).
     """
     mean, variance = 1.0, 0.0
-    for step in range(steps - 1):
+    for step in range(steps):
         c = gap * (1 / steps) / (1 - step / steps)
         mean, variance = (1 + c) * mean, c * mean + (1 + c) ** 2 * variance
     return mean - 1.0, variance
 
 
-def test_inserted_token_count_matches_expectation():
+@pytest.mark.parametrize("draw", ["binomial", "poisson"])
+def test_inserted_token_count_matches_expectation(draw):
     gap, steps, rows = 0.8, 16, 600
     model = StubFlexMDM(gap=gap, max_length=4096)
     prompts = _prompts(rows)
     # Half the rows infill between a prefix and a suffix: the same number of answer slots.
     suffixes = [[7, 8] if i % 2 else [] for i in range(rows)]
     result = flexmdm_generate(
-        model, prompts, suffixes=suffixes, steps=steps, seed=3, progress=False
+        model, prompts, suffixes=suffixes, steps=steps, seed=3, progress=False,
+        insertion_draw=draw,
     )
     mean, variance = _expected_answer_length(gap, steps)
     standard_error = math.sqrt(variance / rows)
     observed = result.lengths.double().mean().item()
     assert abs(observed - mean) < 4 * standard_error, (observed, mean, standard_error)
     assert not result.truncated.any()
-    # Stub ghat >= 0.8 per slot never allows an early stop.
-    assert (result.steps == steps).all() and result.num_forward_passes == steps
+    # Stub ghat >= 0.8 per slot never allows an early stop: every row takes every step, and the
+    # rows that still hold masks after the last one take part in the fill pass.
+    assert ((result.steps == steps) | (result.steps == steps + 1)).all()
+    assert result.num_forward_passes == steps + 1
     assert all(MASK not in seq for seq in result.sequences)
 
 
@@ -365,7 +372,9 @@ def test_max_length_truncates_proportionally_and_early_stop():
 def test_trace_and_plot(tmp_path):
     trace = SamplingTrace()
     flexmdm_generate(StubFlexMDM(), _prompts(3), steps=8, trace=trace, progress=False)
-    assert [record.step for record in trace] == list(range(9))
+    # The initial state, 8 steps, and the fill pass after the last step (step 9, t = 1).
+    assert [record.step for record in trace] == list(range(10))
+    assert trace.steps[-1].t == 1.0 and trace.steps[-1].n_mask == [0, 0, 0]
     assert trace.steps[0].lengths == [0, 0, 0]
     path = plot_trace(trace, tmp_path / "trace.png")
     assert path.exists() and path.stat().st_size > 1000

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIDENCE_NAMES",
+    "INSERTION_DRAWS",
     "REMASKING_NAMES",
     "ConfigError",
     "FlexMDMSamplingConfig",
@@ -40,6 +41,7 @@ __all__ = [
 
 CONFIDENCE_NAMES = ("prob_diff", "top_prob", "entropy", "position")
 REMASKING_NAMES = ("low_confidence", "random")
+INSERTION_DRAWS = ("binomial", "poisson")
 
 ConfigType = TypeVar("ConfigType", "FlexMDMSamplingConfig", "MDMSamplingConfig")
 
@@ -174,7 +176,7 @@ class _SamplingConfig:
 class FlexMDMSamplingConfig(_SamplingConfig):
     """Settings of :func:`retrofit.sampling.flexmdm_generate` (see its module for the method).
 
-    steps: Euler steps of dt = 1 / steps (the last one fills every remaining mask).
+    steps: Euler steps of dt = 1 / steps (then a fill pass at t = 1 fills every remaining mask).
     confidence: which masks to unmask first: ``prob_diff`` | ``top_prob`` | ``entropy`` | ``position``.
     temperature, top_p: token choice; ``temperature == 0`` is greedy.
     window_alpha, max_window: sliding window over the first masks (None = no window; ``max_window``
@@ -186,6 +188,9 @@ class FlexMDMSamplingConfig(_SamplingConfig):
     batch_size: prompts per forward batch (None = all); ``sort_by_length`` groups similar
         lengths (outputs do not change).
     fixed_buffer: pad every forward to ``max_length`` (the research sampler's cost; benchmarks).
+    insertion_draw: how a step's insertions are drawn from the expected gaps: ``binomial`` (exact
+        as the arrival probability goes to 1; see :mod:`retrofit.sampling.flexmdm`) or
+        ``poisson`` (the paper's ``Poisson(ghat * p)`` per slot).
     """
 
     steps: int = 256
@@ -202,10 +207,12 @@ class FlexMDMSamplingConfig(_SamplingConfig):
     batch_size: int | None = None
     sort_by_length: bool = False
     fixed_buffer: bool = False
+    insertion_draw: str = "binomial"
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
         _choice("confidence", self.confidence, CONFIDENCE_NAMES)
+        _choice("insertion_draw", self.insertion_draw, INSERTION_DRAWS)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:

@@ -13,11 +13,14 @@ batch's longest unfinished row; the model appends the trailing slot itself) and 
   n_mask)`` masks left to right. Tokens are the argmax (``temperature == 0``) or a temperature /
   top-p sample; ``forbid_token_ids`` (default: mask and pad, hence EOS where EOS == pad) are never
   emitted.
-- **insert**: ``e_j ~ Poisson(ghat_j * p_alpha(t))`` new masks in slot j, only in the
-  answer's slots (slot j is the gap before position j): ``prompt_len <= j <= length`` when
-  generating, ``prefix_len <= j <= length - suffix_len`` when infilling. New positions come from a
-  cumulative sum and one scatter (no per-token Python loop).
-- the **last step** fills every remaining mask by argmax and inserts nothing.
+- **insert**: the step's arrivals in the answer's slots (slot j is the gap before position j:
+  ``prompt_len <= j <= length`` when generating, ``prefix_len <= j <= length - suffix_len`` when
+  infilling), drawn from the expected gaps ``ghat_j`` (``insertion_draw``, derivation below). New
+  positions come from a cumulative sum and one scatter (no per-token Python loop).
+- the **last step** is an ordinary step: with a schedule that reaches ``alpha(1) = 1`` (linear,
+  cosine, ...) its arrival probability is 1, so every token the model still expects arrives then.
+  A **fill pass** at t = 1 follows: one more forward for the rows that still hold masks, which
+  fills every mask by argmax and inserts nothing (at most ``steps + 1`` forward passes).
 - **per-step probabilities**: ``p_a(t) = (a(t + dt) - a(t)) / (1 - a(t))`` is the exact
   probability that a token still absent (``a = alpha``) or still masked (``a = beta``) at t
   arrives during the step. It equals ``kappa_a(t) * dt`` to first order and exactly for the linear
@@ -28,6 +31,29 @@ batch's longest unfinished row; the model appends the trailing slot itself) and 
   j, each of which arrives before t = 1 with probability ``(alpha(1) - alpha(t)) / (1 - alpha(t))``;
   this is stricter than comparing one step's expected insertions ``sum ghat kappa dt`` with the
   threshold, which is tiny whenever dt is.) Finished rows leave the forward pass.
+
+**The insertion draw (``insertion_draw``).** Given the state x_t, each answer token still missing
+arrives during [t, t + dt) independently with probability ``p = p_alpha(t)``. The head predicts
+``ghat_j = E[N_j | x_t]``, the expected number of missing tokens in slot j, and the row's
+``G = sum_j ghat_j = E[N | x_t]``. If the missing count N were known, the arrivals would be exactly
+``A ~ Binomial(N, p)``, each landing in slot j with probability ``N_j / N``.
+
+- ``poisson`` (the paper): ``e_j ~ Poisson(ghat_j p)``, i.e. ``A ~ Poisson(G p)``. It matches the
+  continuous-time process as p -> 0 (a rate ``ghat_j kappa(t)`` per slot), but its variance
+  ``G p`` stays ~G as p -> 1, while the true count then has variance ``Var(N | x_t)``, which the
+  data drives to 0 late in the run (the current length fixes the final length). With a linear
+  schedule p = 1 on the last step, so the paper's draw adds ~G of pure noise to the final length
+  exactly when the model knows it.
+- ``binomial`` (default): N = G rounded stochastically (``floor(G) + Bernoulli(frac(G))``, so
+  ``E[N] = G`` and ``Var(N) <= 1/4``), ``A ~ Binomial(N, p)``, slots ~ ``Multinomial(A, ghat / G)``.
+  Its conditional mean ``G p`` equals the Poisson draw's (and the exact law's), its variance
+  ``E[N] p (1 - p) + p^2 Var(N)`` is the exact one whenever the missing count is determined by x_t
+  (Var(N | x_t) ~ 0, where p ~ 1 matters) and differs from the exact one only by
+  ``p^2 (Var(N | x_t) - Var(N))``, O(dt^2) per step while p = O(dt): the sampler is exact in the
+  limit of exact rates and small steps, and no longer loses length at the end.
+
+Measured with the exact Bayes rates of lengths {4: .1, 16: .4, 32: .4, 64: .1} (4,000 samples per
+seed, 3 seeds, ``benchmarks/sampling.py --exact-rates``): see ``docs/sampling.md``.
 
 **Maximum length policy.** ``max_length`` bounds the whole row (prompt + answer (+ suffix)). When a
 step's insertions would push a row past it, that row's insertion counts are scaled down
@@ -201,6 +227,7 @@ class _FlexOptions:
     insert_probability: list[float]
     unmask_probability: list[float]
     arrival: list[float]
+    insertion_draw: str
     pass_positions: bool
     progress: bool
     trace: Callable[[TraceStep], None] | None
@@ -272,7 +299,7 @@ def _flex_options(
         mask_id=int(mask_id), pad_id=int(pad_id), seed=int(seed), fixed_buffer=config.fixed_buffer,
         device=run_device, insert_probability=_step_probabilities(insertion, steps),
         unmask_probability=_step_probabilities(unmasking, steps), arrival=arrival,
-        pass_positions=_accepts_logits_positions(model), progress=progress, trace=trace,
+        insertion_draw=config.insertion_draw, pass_positions=_accepts_logits_positions(model), progress=progress, trace=trace,
     )
 
 
@@ -348,6 +375,9 @@ def _run_batch(
         _step(model, batch, options, step)
         progress_bar.update(1)
         _emit_trace(batch, options, step + 1)
+    if any(batch.active):
+        _fill(model, batch, options)
+        _emit_trace(batch, options, options.steps + 1)
     progress_bar.close()
     return _collect_outputs(batch, options)
 
@@ -389,18 +419,38 @@ def _start_batch(
 
 def _step(model: Callable[..., Any], batch: _Batch, options: _FlexOptions, step: int) -> None:
     """One Euler step: live rows -> plan unmask -> forward -> unmask -> insert or stop."""
-    last = step == options.steps - 1
     live = _live_rows(batch, options)
-    plan = _plan_unmask(live, batch, options, step, last)
-    logits, gaps = _forward(model, live, plan, batch, options, step, last)
-    remaining_masks = _unmask(live, plan, logits, batch, options, last)
+    plan = _plan_unmask(live, batch, options, step)
+    logits, gaps = _forward(model, live, plan.candidates, batch, options, step * (1.0 / options.steps))
+    if gaps is None:
+        raise ValueError(
+            "the model returned no gaps: it is not a FlexMDM (kind 'mdm'?); use mdm_generate"
+        )
+    remaining_masks = _unmask(live, plan, logits, batch, options, fill=False)
     for row in live.rows:
         batch.steps_taken[row] += 1
-    if last:
-        for row in live.rows:
-            batch.active[row] = False
-    else:
-        _insert_or_stop(live, gaps, remaining_masks, batch, options, step)
+    _insert_or_stop(live, gaps, remaining_masks, batch, options, step)
+
+
+def _fill(model: Callable[..., Any], batch: _Batch, options: _FlexOptions) -> None:
+    """After the last step (t = 1): fill every remaining mask by argmax in one forward pass.
+
+    The last step's insertions (with a schedule reaching alpha(1) = 1, every token still missing
+    arrives then) enter as masks, so the rows that hold masks take part in one more forward at
+    t = 1; nothing is inserted any more. Rows without masks are done without it.
+    """
+    live = _live_rows(batch, options)
+    for row, n_mask in zip(live.rows, live.n_mask.tolist()):
+        batch.active[row] = n_mask > 0
+    if not any(batch.active):
+        return
+    live = _live_rows(batch, options)
+    plan = _UnmaskPlan(k=live.n_mask, candidates=live.is_mask)
+    logits, _ = _forward(model, live, live.is_mask, batch, options, 1.0)
+    _unmask(live, plan, logits, batch, options, fill=True)
+    for row in live.rows:
+        batch.steps_taken[row] += 1
+        batch.active[row] = False
 
 
 def _live_rows(batch: _Batch, options: _FlexOptions) -> _LiveRows:
@@ -423,16 +473,13 @@ def _live_rows(batch: _Batch, options: _FlexOptions) -> _LiveRows:
                      middle_end=middle_end, is_mask=is_mask, n_mask=is_mask.sum(dim=1))
 
 
-def _plan_unmask(live: _LiveRows, batch: _Batch, options: _FlexOptions, step: int, last: bool
+def _plan_unmask(live: _LiveRows, batch: _Batch, options: _FlexOptions, step: int
                  ) -> _UnmaskPlan:
     """How many masks to unmask, drawn before the forward (it decides where logits run).
 
     k ~ Poisson(n_mask * p_beta(t)) clamped to the eligible masks; candidates are the first
     ``window`` masks left to right (every mask without a window); rows with k = 0 need no logits.
-    The last step unmasks every mask.
     """
-    if last:
-        return _UnmaskPlan(k=live.n_mask, candidates=live.is_mask)
     n_mask = live.n_mask
     rates = n_mask.double() * options.unmask_probability[step]  # (A,)
     k = torch.cat(
@@ -456,37 +503,29 @@ def _plan_unmask(live: _LiveRows, batch: _Batch, options: _FlexOptions, step: in
 
 
 def _forward(
-    model: Callable[..., Any], live: _LiveRows, plan: _UnmaskPlan, batch: _Batch,
-    options: _FlexOptions, step: int, last: bool,
+    model: Callable[..., Any], live: _LiveRows, candidates: Tensor, batch: _Batch,
+    options: _FlexOptions, t: float,
 ) -> tuple[Tensor, Tensor | None]:
-    """One forward pass on the live rows: logits (N, V) at the candidates and gaps (A, L + 1).
-
-    The last step needs no gaps, so it skips the forward when no mask is left to fill.
-    """
-    if last and not bool(plan.candidates.any()):
-        return live.ids.new_empty((0, 0), dtype=torch.float32), None
-    t = step * (1.0 / options.steps)
+    """One forward pass on the live rows at time t: logits (N, V) at the candidates (A, L) and
+    gaps (A, L + 1) (None from a model without an insertion head)."""
     t_batch = torch.full((len(live.rows),), t, dtype=torch.float32, device=options.device)
     logits, gaps = _call_model(
-        model, live.ids, live.lengths, t_batch, plan.candidates, options.pass_positions
+        model, live.ids, live.lengths, t_batch, candidates, options.pass_positions
     )
     batch.forward_passes += 1
-    if gaps is None and not last:
-        raise ValueError(
-            "the model returned no gaps: it is not a FlexMDM (kind 'mdm'?); use mdm_generate"
-        )
     return logits, gaps
 
 
 def _unmask(live: _LiveRows, plan: _UnmaskPlan, logits: Tensor, batch: _Batch,
-            options: _FlexOptions, last: bool) -> Tensor:
-    """Fill the k most confident candidates of each row; returns the masks left (A,)."""
+            options: _FlexOptions, fill: bool) -> Tensor:
+    """Fill the k most confident candidates of each row (``fill``: every candidate, by argmax);
+    returns the masks left (A,)."""
     if logits.shape[0] == 0:
         return live.n_mask
     logits = logits.float()  # (N, V); a fresh tensor of the LM head: filled in place
     logits.index_fill_(-1, options.forbidden, float("-inf"))
     candidates = plan.candidates
-    if last or options.confidence == "position":
+    if fill or options.confidence == "position":
         selected = candidates
     else:
         scores = torch.full(live.ids.shape, float("-inf"), device=options.device)  # (A, L)
@@ -494,7 +533,7 @@ def _unmask(live: _LiveRows, plan: _UnmaskPlan, logits: Tensor, batch: _Batch,
         selected = _select_top_k(scores, plan.k) & candidates
     candidate_index = candidates.flatten().long().cumsum(0) - 1  # (A * L,)
     chosen_logits = logits[candidate_index[selected.flatten()]]  # (K, V)
-    if last or options.temperature == 0.0:
+    if fill or options.temperature == 0.0:
         tokens = chosen_logits.argmax(dim=-1)
     else:
         per_row = selected.sum(dim=1).tolist()
@@ -516,8 +555,9 @@ def _insert_or_stop(live: _LiveRows, gaps: Tensor, remaining_masks: Tensor, batc
     """Stop the rows that are done; draw and insert the others' new masks.
 
     A row stops once it holds no mask and expects fewer than ``stop_threshold`` insertions over
-    the rest of the run. The others draw ``e_j ~ Poisson(ghat_j * p_alpha(t))`` masks per answer
-    slot, capped to ``max_length``.
+    the rest of the run. The others draw this step's arrivals in their answer slots
+    (``poisson``: e_j ~ Poisson(ghat_j p) per slot; ``binomial``: :func:`_binomial_arrivals`),
+    capped to ``max_length``.
     """
     width = live.width
     gaps = gaps[:, : width + 1].double().clamp_min(0)  # (A, L + 1)
@@ -528,21 +568,72 @@ def _insert_or_stop(live: _LiveRows, gaps: Tensor, remaining_masks: Tensor, batc
     expected_gaps = torch.where(allowed, gaps, 0.0)
     expected_remaining = expected_gaps.sum(dim=1) * options.arrival[step]  # (A,)
     finished = ((remaining_masks == 0) & (expected_remaining < options.stop_threshold)).tolist()
-    insertion_rates = expected_gaps * options.insert_probability[step]  # (A, L + 1)
-    draws = []
     for i, row in enumerate(live.rows):
         if finished[i]:
             allowed[i] = False
             batch.active[row] = False
-            continue
-        start, end = batch.prefix_cpu[row], batch.lengths_cpu[row] - batch.suffix_cpu[row]
-        draws.append(
-            torch.poisson(insertion_rates[i, start : end + 1], generator=batch.generators[row])
-        )
-    if draws:
+    drawing = [i for i, done in enumerate(finished) if not done]
+    if not drawing:
+        return
+    probability = options.insert_probability[step]
+    if options.insertion_draw == "poisson":
         counts = torch.zeros(allowed.shape, dtype=torch.long, device=options.device)
-        counts[allowed] = torch.cat(draws).long()
-        _apply_insertions(live, counts, batch, options)
+        counts[allowed] = torch.cat([
+            torch.poisson(expected_gaps[i, allowed[i]] * probability,
+                          generator=batch.generators[live.rows[i]])
+            for i in drawing
+        ]).long()
+    else:
+        counts = _binomial_arrivals(expected_gaps, drawing, probability,
+                                    [batch.generators[live.rows[i]] for i in drawing])
+    _apply_insertions(live, counts, batch, options)
+
+
+def _binomial_arrivals(expected_gaps: Tensor, drawing: list[int], probability: float,
+                       generators: list[torch.Generator]) -> Tensor:
+    """Arrivals per slot under the ``binomial`` draw (see the module docstring).
+
+    expected_gaps: (A, S) float64 ghat_j, zero outside each row's answer slots; drawing: the rows
+    that draw (others get zeros); probability: p, the chance that a missing token arrives in this
+    step; generators: one per drawing row. Row i: the missing count N = stochastic rounding of
+    G = sum_j ghat_j (E[N] = G, variance at most 1/4), arrivals ~ Binomial(N, p) as N Bernoulli
+    trials, each arrival in slot j with probability ghat_j / G (inverse CDF). Every row takes
+    1 + 2 ceil(G) uniforms from its own generator (shapes depend on the row alone), the rest is
+    batched. Returns counts (A, S) long.
+    """
+    device = expected_gaps.device
+    cdf = expected_gaps.cumsum(dim=1)  # (A, S)
+    totals = cdf[:, -1]  # (A,) G
+    trials = torch.ceil(totals).long()  # (A,) ceil(G) >= N
+    sizes = (1 + 2 * trials[drawing]).tolist()
+    width = max(sizes) // 2  # most trials of a row
+    flat = torch.cat([
+        torch.rand(size, generator=generator, dtype=torch.float64, device=device)
+        for size, generator in zip(sizes, generators)
+    ])  # per row: [rounding u, c trial u, c slot u]
+    # Lay each row's uniforms out as (A, 1 + 2 width): column 0, trials 1.., slots 1 + width..
+    rows = torch.tensor(drawing, dtype=torch.long, device=device)
+    size_tensor = torch.tensor(sizes, dtype=torch.long, device=device)
+    row_of = torch.repeat_interleave(rows, size_tensor)  # (T,)
+    starts = torch.repeat_interleave(size_tensor.cumsum(0) - size_tensor, size_tensor)
+    offset = torch.arange(flat.numel(), device=device) - starts  # (T,) position within its row
+    row_trials = trials[row_of]
+    column = torch.where(offset <= row_trials, offset, offset - row_trials + width)
+    uniforms = torch.ones((expected_gaps.shape[0], 1 + 2 * width), dtype=torch.float64,
+                          device=device)
+    uniforms[row_of, column] = flat
+    whole = torch.floor(totals)
+    missing = whole + (uniforms[:, 0] < totals - whole).double()  # (A,) N, E[N] = G
+    is_drawing = torch.zeros_like(totals, dtype=torch.bool)
+    is_drawing[rows] = True
+    trial_index = torch.arange(width, device=device)  # (W,)
+    arrived = ((trial_index[None, :] < missing[:, None]) & is_drawing[:, None]
+               & (uniforms[:, 1 : 1 + width] < probability))  # (A, W)
+    targets = uniforms[:, 1 + width :] * totals[:, None]  # (A, W) in [0, G)
+    slots = torch.searchsorted(cdf, targets.contiguous(), right=True)
+    slots = slots.clamp_max(expected_gaps.shape[1] - 1)
+    counts = torch.zeros(expected_gaps.shape, dtype=torch.long, device=device)
+    return counts.scatter_add_(1, slots, arrived.long())
 
 
 def _apply_insertions(live: _LiveRows, counts: Tensor, batch: _Batch, options: _FlexOptions
@@ -580,7 +671,7 @@ def _emit_trace(batch: _Batch, options: _FlexOptions, step: int) -> None:
         TraceStep(
             batch_index=batch.batch_index,
             step=step,
-            t=step * (1.0 / options.steps),
+            t=1.0 if step > options.steps else step * (1.0 / options.steps),  # fill: t = 1
             row_ids=list(batch.row_ids),
             lengths=answer_lengths,
             n_clean=[a - m for a, m in zip(answer_lengths, n_mask)],
@@ -597,8 +688,8 @@ def _collect_outputs(batch: _Batch, options: _FlexOptions) -> dict[str, Any]:
     for row in range(len(rows)):
         sequence = rows[row][: batch.lengths_cpu[row]]
         middle = sequence[batch.prefix_cpu[row] : batch.lengths_cpu[row] - batch.suffix_cpu[row]]
-        if options.mask_id in middle:  # cannot happen: the last step fills every mask
-            raise RuntimeError("internal error: a mask survived the last step")
+        if options.mask_id in middle:  # cannot happen: the fill pass fills every mask
+            raise RuntimeError("internal error: a mask survived the fill pass")
         answers.append(middle)
         full.append(sequence)
     return {

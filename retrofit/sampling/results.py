@@ -13,7 +13,8 @@ __all__ = ["FlexMDMSamplingResult", "MDMSamplingResult", "SamplingTrace", "Trace
 
 @dataclass
 class TraceStep:
-    """The state of one batch after ``step`` completed steps (``step = 0``: the initial state).
+    """The state of one batch after ``step`` completed steps (``step = 0``: the initial state;
+    FlexMDM: ``step = steps + 1`` with ``t = 1`` is the fill pass after the last step).
 
     ``row_ids`` are the indices of the batch's prompts in the input list; ``lengths`` the answer
     (infill: middle) lengths, ``n_clean`` / ``n_mask`` how many of those are clean / masked, and
@@ -53,7 +54,8 @@ class FlexMDMSamplingResult:
     sequences: the generated answer (infilling: the middle) token ids of each prompt.
     full_sequences: prompt + answer (infilling: prefix + middle + suffix).
     lengths: (N,) answer lengths.
-    steps: (N,) forward passes each row took part in (< ``steps`` when it stopped early).
+    steps: (N,) forward passes each row took part in (< ``steps`` when it stopped early,
+        ``steps + 1`` when it held masks after the last step and took part in the fill pass).
     truncated: (N,) True where ``max_length`` cut the row's insertions at least once.
     num_forward_passes: model calls made in total (all batches).
     """
