@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from retrofit.sampling import flexmdm_generate
-from retrofit.sampling.flexmdm import _binomial_arrivals
+from retrofit.sampling.insertion import binomial_arrivals
 from retrofit.sampling.oracle import LengthOracle, length_w1
 
 LENGTHS = {4: 0.1, 16: 0.4, 32: 0.4, 64: 0.1}
@@ -52,6 +52,15 @@ def test_paper_poisson_draw_loses_length_with_exact_rates():
     """The option keeps the paper's draw; this pins down why it is not the default."""
     lengths = _lengths(64, 2000, seed=0, insertion_draw="poisson")
     assert length_w1(lengths, LENGTHS) > 1.2 and _odd_fraction(lengths) > 0.1
+
+
+def _binomial_arrivals(expected, drawing, probability, generators):
+    """One ordinary step's arrivals (a window of one step with arrival probability p)."""
+    horizons = torch.full((expected.shape[0], 1), probability, dtype=torch.float64)
+    counts, advance = binomial_arrivals(expected, drawing, horizons, [1] * expected.shape[0],
+                                        generators)
+    assert advance == [1] * expected.shape[0]
+    return counts
 
 
 def test_binomial_arrivals_law():

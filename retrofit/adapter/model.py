@@ -47,6 +47,7 @@ from transformers.utils import ModelOutput
 
 from retrofit import __version__ as RETROFIT_VERSION
 from retrofit.models import check_backbone_supported
+from retrofit.models.prefix_cache import PrefixCache
 from retrofit.schedules import Schedule, get_schedule
 from retrofit.special_ids import SpecialIds, resolve_answer_ids, resolve_special_ids
 
@@ -636,6 +637,7 @@ class FlexMDM(nn.Module):
         lengths: Tensor | None,
         t: Tensor | float | None = None,
         logits_positions: Tensor | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> FlexMDMOutput:
         """Token logits and (FlexMDM) expected gaps for a right-padded batch.
 
@@ -647,6 +649,12 @@ class FlexMDM(nn.Module):
                 ignored for ``mdm``.
             logits_positions: optional (B, L) bool; logits only at these positions, computed on the
                 gathered hidden states (the LM head never sees the other rows).
+            prefix_cache: optional, inference only (:class:`retrofit.models.prefix_cache.PrefixCache`
+                of P positions, P <= every row's length): empty, it records the first P positions'
+                keys/values during this forward; recorded, only positions P.. are computed, their
+                queries reading the recorded prefix (approximate: see the prefix cache's module).
+                Logits and gaps at positions / slots < P are then not computed (zeros in their
+                place); ask for logits at positions >= P only.
 
         Returns:
             FlexMDMOutput(logits (B, L, V) or (N, V), gaps (B, L+1) float32 | None).
@@ -681,13 +689,9 @@ class FlexMDM(nn.Module):
                 )  # (B, L)
             buffer_ids, modulation = input_ids, None
 
-        output = self.lm(
-            input_ids=buffer_ids,
-            attention_mask=attention_mask,
-            modulation=modulation,
-            return_logits=False,
-        )
-        hidden = output.last_hidden_state  # (B, L(+1), d)
+        hidden = self._backbone_hidden(
+            buffer_ids, attention_mask, modulation, prefix_cache, logits_positions
+        )  # (B, L(+1), d)
         token_hidden = self._token_hidden(hidden, seq_len)  # (B, L, d)
         if logits_positions is not None:
             token_hidden = token_hidden[logits_positions.to(hidden.device)]  # (N, d)
@@ -721,6 +725,44 @@ class FlexMDM(nn.Module):
         modulus = (lengths.to(position_gaps.device, torch.long) + 1)[:, None]  # (B, 1)
         readers = torch.remainder(slots[None, :] - shift, modulus)  # (B, L+1)
         return position_gaps.gather(1, readers)
+
+    def _backbone_hidden(
+        self,
+        buffer_ids: Tensor,
+        attention_mask: Tensor | None,
+        modulation: list[tuple[Tensor, Tensor]] | None,
+        prefix_cache: PrefixCache | None,
+        logits_positions: Tensor | None,
+    ) -> Tensor:
+        """The backbone's last hidden states (B, S, d) for ``buffer_ids`` (B, S); with a recorded
+        prefix cache of P positions only positions P.. are computed (zeros before them)."""
+        if prefix_cache is None:
+            return self.lm(
+                input_ids=buffer_ids,
+                attention_mask=attention_mask,
+                modulation=modulation,
+                return_logits=False,
+            ).last_hidden_state
+        if torch.is_grad_enabled() and self.training:
+            raise ValueError("prefix_cache is for inference only: call model.eval() under no_grad")
+        if self.config.logit_shift != 0 or self.lm.config.model_type != "llada":
+            # A shifted backbone reads position P - 1 for token P; only LLaDA records caches.
+            raise ValueError(f"prefix_cache supports the LLaDA backbone (logit_shift 0); this "
+                             f"checkpoint's is {self.lm.config.model_type!r}: sample without it")
+        offset = prefix_cache.length if prefix_cache.recorded else 0
+        if offset and logits_positions is not None and bool(logits_positions[:, :offset].any()):
+            raise ValueError(f"logits were asked inside the cached prefix (positions < {offset})")
+        hidden = self.lm(
+            input_ids=buffer_ids[:, offset:],
+            attention_mask=None if attention_mask is None else attention_mask[:, offset:],
+            modulation=modulation,
+            return_logits=False,
+            prefix_cache=prefix_cache,
+        ).last_hidden_state  # (B, S - P, d)
+        if not offset:
+            return hidden
+        prefix = hidden.new_zeros((hidden.shape[0], offset, hidden.shape[2]))  # not computed
+        return torch.cat((prefix, hidden), dim=1)
 
     # -- construction --------------------------------------------------------------------------
 

@@ -23,6 +23,14 @@ Block i computes (pre-norm, no biases)::
 
 where ``mod(y) = y * (1 + scale) + shift`` is the optional per-block FlexMDM time modulation
 (identity when no modulation is given). Attention is bidirectional (no causal mask).
+
+**Prefix key/value reuse** (optional, inference only; :class:`retrofit.models.prefix_cache.PrefixCache`). A forward given an
+empty ``PrefixCache(length=P)`` runs as usual and records every block's keys and values (after
+RoPE) of positions ``0 .. P-1``. A later forward given the recorded cache takes only the positions
+from P on (``input_ids (B, L - P)``, RoPE positions P..), and their queries attend to the recorded
+prefix keys/values plus their own. In a bidirectional model this is approximate: the prefix's
+states were computed when the rest of the row (and, with modulation, the time) was what it was at
+recording, so callers decide when to re-record. Without a cache nothing changes.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from transformers.utils import ModelOutput
 from retrofit.models.modulation import check_modulation
 
 from .configuration_llada import LLaDAConfig
+from .prefix_cache import PrefixCache
 
 __all__ = [
     "LLaDABlock",
@@ -182,14 +191,17 @@ class LLaDABlock(GradientCheckpointingLayer):
         attention_mask: Tensor | None = None,
         mod_scale: Tensor | None = None,
         mod_shift: Tensor | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> Tensor:
         """Apply the block.
 
         Args:
             hidden_states: ``(B, L, d)``.
             rope_cos, rope_sin: ``(L, head_dim)`` float32 tables from :func:`rotary_cos_sin`.
-            attention_mask: ``(B, 1, 1, L)`` bool, True = key may be attended; ``None`` = all keys.
+            attention_mask: ``(B, 1, 1, K)`` bool, True = key may be attended; ``None`` = all keys
+                (K = L, or P + L when reusing a prefix cache of P positions).
             mod_scale, mod_shift: ``(B, d)`` modulation of both norm outputs, or ``None``.
+            prefix_cache: record (empty) or reuse (recorded) prefix keys/values, or ``None``.
 
         Returns:
             ``(B, L, d)``.
@@ -204,6 +216,8 @@ class LLaDABlock(GradientCheckpointingLayer):
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, H, L, hd)
         query = apply_rotary(query, rope_cos, rope_sin, self.rope_full_precision)
         key = apply_rotary(key, rope_cos, rope_sin, self.rope_full_precision)
+        if prefix_cache is not None:
+            key, value = prefix_cache.update(self.layer_idx, key, value)  # (B, H_kv, K, hd)
         if self.n_kv_heads != self.n_heads:
             # Grouped-query attention: query head h reads key/value head h // group.
             group = self.n_heads // self.n_kv_heads
@@ -353,6 +367,7 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         output_hidden_states: bool | None = False,
         return_logits: bool = True,
         return_dict: bool | None = True,
+        prefix_cache: PrefixCache | None = None,
     ) -> LLaDAOutput | tuple[Tensor, ...]:
         """Run the backbone.
 
@@ -370,6 +385,10 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
             return_logits: compute the ``(B, L, V)`` logits; ``False`` skips the LM head (the caller
                 can apply ``get_output_embeddings()`` to selected rows of ``last_hidden_state``).
             return_dict: return :class:`LLaDAOutput` (default) or a tuple of its non-None fields.
+            prefix_cache: ``None`` (default), an empty :class:`PrefixCache` to record (the full
+                rows run as usual), or a recorded one to reuse: then ``input_ids`` and
+                ``attention_mask`` hold only the positions after the cached prefix, and the outputs
+                cover those positions (see the module docstring).
 
         Returns:
             ``LLaDAOutput(logits (B, L, V) | None, last_hidden_state (B, L, d),
@@ -389,10 +408,19 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         modulation = self._check_modulation(modulation, batch_size)
 
         hidden_states = transformer.emb_drop(transformer.wte(input_ids))  # (B, L, d)
+        offset = prefix_cache.length if prefix_cache is not None and prefix_cache.recorded else 0
         rope_cos, rope_sin = rotary_cos_sin(
-            seq_len, self.config.head_dim, float(self.config.rope_theta), hidden_states.device
-        )  # (L, head_dim) each
+            offset + seq_len, self.config.head_dim, float(self.config.rope_theta),
+            hidden_states.device,
+        )  # (P + L, head_dim) each
+        rope_cos, rope_sin = rope_cos[offset:], rope_sin[offset:]  # (L, head_dim): positions P..
         key_mask = _key_padding_mask(attention_mask, batch_size, seq_len)  # (B, 1, 1, L) | None
+        if key_mask is not None and offset:
+            # The cached prefix is real in every row: always attended.
+            key_mask = torch.cat((key_mask.new_ones((batch_size, 1, 1, offset)), key_mask), dim=-1)
+        if prefix_cache is not None and not prefix_cache.recorded and seq_len < prefix_cache.length:
+            raise ValueError(f"cannot record a prefix of {prefix_cache.length} positions from "
+                             f"{seq_len}: make the PrefixCache shorter")
 
         all_hidden_states: list[Tensor] = []
         for index, block in enumerate(blocks):
@@ -401,7 +429,11 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
             entry = modulation[index] if modulation is not None else None
             scale, shift = entry if entry is not None else (None, None)
             # Positional arguments only: see LLaDABlock (gradient checkpointing).
-            hidden_states = block(hidden_states, rope_cos, rope_sin, key_mask, scale, shift)
+            hidden_states = block(
+                hidden_states, rope_cos, rope_sin, key_mask, scale, shift, prefix_cache
+            )
+        if prefix_cache is not None:
+            prefix_cache.recorded = True
 
         last_hidden_state = transformer.ln_f(hidden_states)  # (B, L, d)
         if output_hidden_states:

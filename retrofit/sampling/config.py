@@ -191,6 +191,17 @@ class FlexMDMSamplingConfig(_SamplingConfig):
     insertion_draw: how a step's insertions are drawn from the expected gaps: ``binomial`` (exact
         as the arrival probability goes to 1; see :mod:`retrofit.sampling.flexmdm`) or
         ``poisson`` (the paper's ``Poisson(ghat * p)`` per slot).
+
+    Fast modes (all off by default: the exact sampler; see ``docs/sampling.md`` for measurements):
+
+    unmask_threshold: also commit every eligible mask (the first ``max_window`` masks, all masks
+        without a window) whose top-1 probability is at least this, on top of the scheduled k.
+    jump_insertions: adaptive step size: when no row of the batch holds a mask, time jumps ahead
+        to the furthest step at which every row expects at most this many insertions (arrival
+        probability computed exactly for the jump).
+    prefix_cache: compute the protected prefix's keys/values once (or every
+        ``prefix_cache_refresh`` forward passes) and reuse them while the answer grows:
+        approximate (the prefix does not see the answer's or the time's changes in between).
     """
 
     steps: int = 256
@@ -208,6 +219,10 @@ class FlexMDMSamplingConfig(_SamplingConfig):
     sort_by_length: bool = False
     fixed_buffer: bool = False
     insertion_draw: str = "binomial"
+    unmask_threshold: float | None = None
+    jump_insertions: float | None = None
+    prefix_cache: bool = False
+    prefix_cache_refresh: int | None = None
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
@@ -226,6 +241,15 @@ class FlexMDMSamplingConfig(_SamplingConfig):
         if self.stop_threshold < 0:
             raise ValueError(f"stop_threshold must be >= 0, got {self.stop_threshold}")
         _check_batching(self.batch_size)
+        if self.unmask_threshold is not None and not 0.0 < self.unmask_threshold <= 1.0:
+            raise ValueError(f"unmask_threshold must be in (0, 1] or None, got {self.unmask_threshold}")
+        if self.jump_insertions is not None and not self.jump_insertions > 0:
+            raise ValueError(f"jump_insertions must be > 0 or None, got {self.jump_insertions}")
+        if self.prefix_cache_refresh is not None and (
+            self.prefix_cache_refresh < 1 or not self.prefix_cache
+        ):
+            raise ValueError(f"prefix_cache_refresh must be >= 1 with prefix_cache: true, got "
+                             f"{self.prefix_cache_refresh}")
 
 
 @dataclass(frozen=True)

@@ -70,29 +70,44 @@ itself is invariant to padding (the adapter masks attention beyond each row's le
 reductions over a different width can still differ in the last bit on real hardware).
 
 
-**Phases.** One step of a batch reads as its phases (each a function below):
-``live rows -> plan unmask -> forward -> unmask -> insert or stop``; a call reads
-``validate (config) -> per batch: set up rows -> steps -> collect outputs``.
+**Fast modes** (options, all off by default; measured in ``docs/sampling.md``):
+
+- ``unmask_threshold``: every eligible mask whose top-1 probability reaches the threshold is also
+  unmasked in the step (the scheduled k stays the floor); its logits are computed for that.
+- ``jump_insertions``: a row that holds no mask after its unmasking may draw the arrivals of
+  several steps at once: up to the furthest step m at which it expects at most this many
+  arrivals, with the exact interval probability ``(alpha(t_m) - alpha(t)) / (1 - alpha(t))``,
+  stopping at the first step in which a token arrives (the model is asked again after every
+  arrival). Exact only while the model's expected gaps would not change over the skipped steps;
+  they do when the state's length is ambiguous (no arrival is information too), so larger budgets
+  trade length fidelity for forward passes.
+- ``prefix_cache``: the protected prefix's keys/values are computed once (or every
+  ``prefix_cache_refresh`` forward passes) and reused while the answer grows. Approximate: the
+  prefix then attends to the answer and is modulated with the time as they were when recorded.
+  Infilling reuses the prefix only (the suffix moves with every insertion and is recomputed).
+
+Each row keeps its own time (``n / steps``): rows move together unless a jump moves one ahead;
+the forward pass takes each row's time.
+
+**Phases.** One iteration (one forward pass of a batch) reads as its phases:
+``live rows -> plan unmask -> forward -> unmask -> insert or stop`` (insertion in
+:mod:`retrofit.sampling.insertion`); a call reads
+``validate (config) -> per batch: set up rows -> iterate -> collect outputs``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .blocks import (
-    _confidence,
-    _sample_tokens,
-    _select_top_k,
-    _step_probabilities,
-    cap_insertions,
-    insert_masks,
-)
+from retrofit.models.prefix_cache import PrefixCache
+
+from .blocks import _confidence, _sample_tokens, _select_top_k, _step_probabilities
 from .config import FlexMDMSamplingConfig, resolve_config
+from .insertion import insert_or_stop
 from .plumbing import (
     TokenRows,
     _accepts_logits_positions,
@@ -108,6 +123,7 @@ from .plumbing import (
     _stream_ids,
 )
 from .results import FlexMDMSamplingResult, TraceStep
+from .state import BatchState, FlexOptions, LiveRows, UnmaskPlan
 
 __all__ = ["flexmdm_generate"]
 
@@ -204,35 +220,6 @@ def _prompt_rows(prompts: TokenRows, suffixes: TokenRows | None
     return prefix_rows, suffix_rows
 
 
-@dataclass
-class _FlexOptions:
-    """Validated FlexMDM sampling settings shared by all batches of one call, with what they
-    resolve to for this model (ids, max length, per-step probabilities as Python floats)."""
-
-    config: FlexMDMSamplingConfig
-    steps: int
-    confidence: str
-    temperature: float
-    top_p: float
-    window_alpha: float | None
-    max_window: int | None
-    max_length: int
-    stop_threshold: float
-    forbidden: Tensor
-    mask_id: int
-    pad_id: int
-    seed: int
-    fixed_buffer: bool
-    device: torch.device
-    insert_probability: list[float]
-    unmask_probability: list[float]
-    arrival: list[float]
-    insertion_draw: str
-    pass_positions: bool
-    progress: bool
-    trace: Callable[[TraceStep], None] | None
-
-
 def _resolve_max_length(model: Any, explicit: int | None) -> int:
     """The row-length bound: explicit (never above the model's), else the model config's."""
     model_max_length = _config_value(model, "max_length", None)
@@ -268,7 +255,7 @@ def _flex_options(
     model: Any, config: FlexMDMSamplingConfig, prefix_rows: list[list[int]],
     suffix_rows: list[list[int]], mask_token_id: int | None, pad_token_id: int | None, seed: int,
     device: torch.device | str | None, progress: bool, trace: Callable[[TraceStep], None] | None,
-) -> _FlexOptions:
+) -> FlexOptions:
     """Resolve the config against the model (ids, max length, schedules) and check the prompts."""
     mask_id = _config_value(model, "mask_token_id", mask_token_id)
     pad_id = _config_value(model, "pad_token_id", pad_token_id)
@@ -281,6 +268,9 @@ def _flex_options(
     forbid = config.forbid_token_ids
     forbidden = {int(mask_id)} | ({int(pad_id)} if forbid is None else {int(i) for i in forbid})
     _check_prompts_fit(prefix_rows, suffix_rows, max_length, mask_id)
+    if config.prefix_cache and not _accepts_logits_positions(model, "prefix_cache"):
+        raise ValueError(f"prefix_cache: true needs a model whose forward takes prefix_cache= "
+                         f"(a FlexMDM on a LLaDA backbone); {type(model).__name__} does not")
     run_device = _model_device(model, device)
     steps = config.steps
     insertion = _resolve_schedule(model, "insertion", config.insertion_schedule)
@@ -290,7 +280,7 @@ def _flex_options(
     alpha_one = float(insertion.at(torch.tensor(1.0, dtype=torch.float64)))
     one_minus_alpha = (1.0 - insertion.at(times)).clamp_min(1e-12)  # (steps,)
     arrival = ((alpha_one - insertion.at(times)) / one_minus_alpha).clamp(0.0, 1.0).tolist()
-    return _FlexOptions(
+    return FlexOptions(
         config=config, steps=steps, confidence=config.confidence,
         temperature=float(config.temperature), top_p=float(config.top_p),
         window_alpha=config.window_alpha, max_window=config.max_window, max_length=max_length,
@@ -299,7 +289,9 @@ def _flex_options(
         mask_id=int(mask_id), pad_id=int(pad_id), seed=int(seed), fixed_buffer=config.fixed_buffer,
         device=run_device, insert_probability=_step_probabilities(insertion, steps),
         unmask_probability=_step_probabilities(unmasking, steps), arrival=arrival,
-        insertion_draw=config.insertion_draw, pass_positions=_accepts_logits_positions(model), progress=progress, trace=trace,
+        insertion_draw=config.insertion_draw,
+        absent=insertion.one_minus_at(torch.arange(steps + 1, dtype=torch.float64) / steps),
+        pass_positions=_accepts_logits_positions(model), progress=progress, trace=trace,
     )
 
 
@@ -308,84 +300,36 @@ def _flex_options(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Batch:
-    """The sampling state of one batch of B rows (right-padded, explicit lengths).
-
-    input_ids: (B, W) with W >= every row's length; lengths: (B,) prompt + answer (+ suffix);
-    prefix_len / suffix_len: (B,) the protected tokens before / after the answer. ``*_cpu`` mirror
-    the lengths as Python ints (no device sync per step).
-    """
-
-    input_ids: Tensor
-    lengths: Tensor
-    lengths_cpu: list[int]
-    prefix_len: Tensor
-    suffix_len: Tensor
-    prefix_cpu: list[int]
-    suffix_cpu: list[int]
-    generators: list[torch.Generator]
-    active: list[bool]
-    steps_taken: list[int]
-    truncated: Tensor
-    row_ids: list[int]
-    batch_index: int
-    forward_passes: int = 0
-
-
-@dataclass
-class _LiveRows:
-    """The rows still sampling in this step, cut to the live width L (or max_length when fixed).
-
-    rows: their indices in the batch; index: (A,) the same as a tensor; ids: (A, L);
-    lengths, prefix, middle_end: (A,); is_mask: (A, L) masks of the answer; n_mask: (A,).
-    """
-
-    rows: list[int]
-    index: Tensor
-    width: int
-    ids: Tensor
-    lengths: Tensor
-    prefix: Tensor
-    middle_end: Tensor
-    is_mask: Tensor
-    n_mask: Tensor
-
-
-@dataclass
-class _UnmaskPlan:
-    """How many masks each live row unmasks (k: (A,)) and where logits are needed
-    (candidates: (A, L) bool)."""
-
-    k: Tensor
-    candidates: Tensor
-
-
 def _run_batch(
     model: Callable[..., Any], prefixes: list[list[int]], suffixes: list[list[int]],
-    row_ids: list[int], stream_ids: list[int], batch_index: int, options: _FlexOptions,
+    row_ids: list[int], stream_ids: list[int], batch_index: int, options: FlexOptions,
 ) -> dict[str, Any]:
-    """Run the FlexMDM sampler on one batch; returns per-row answers, full rows, steps, flags."""
+    """Run the FlexMDM sampler on one batch; returns per-row answers, full rows, steps, flags.
+
+    Each iteration is one forward pass over the active rows, each at its own step (all rows in
+    step unless jumps move some ahead): ``steps`` iterations, then the fill pass at t = 1.
+    """
     batch = _start_batch(prefixes, suffixes, row_ids, stream_ids, batch_index, options)
     _emit_trace(batch, options, 0)
     progress_bar = _progress_bar(options.steps, options.progress, "flexmdm")
-    for step in range(options.steps):
-        if not any(batch.active):
-            break
-        _step(model, batch, options, step)
-        progress_bar.update(1)
-        _emit_trace(batch, options, step + 1)
-    if any(batch.active):
-        _fill(model, batch, options)
-        _emit_trace(batch, options, options.steps + 1)
+    iteration = 0
+    while any(batch.active):
+        slowest = min(batch.step_index[row] for row, on in enumerate(batch.active) if on)
+        _retire_ended_rows(batch, options)
+        if any(batch.active):
+            _iterate(model, batch, options)
+        iteration += 1
+        done = [batch.step_index[row] for row, on in enumerate(batch.active) if on]
+        progress_bar.update(max(0, min(min(done, default=options.steps), options.steps) - slowest))
+        _emit_trace(batch, options, iteration)
     progress_bar.close()
     return _collect_outputs(batch, options)
 
 
 def _start_batch(
     prefixes: list[list[int]], suffixes: list[list[int]], row_ids: list[int],
-    stream_ids: list[int], batch_index: int, options: _FlexOptions,
-) -> _Batch:
+    stream_ids: list[int], batch_index: int, options: FlexOptions,
+) -> BatchState:
     """The initial state: each row is its prefix followed by its suffix (an empty answer)."""
     device = options.device
     batch_size = len(prefixes)
@@ -400,7 +344,7 @@ def _start_batch(
         input_ids[row, len(prefix) : len(prefix) + len(suffix)] = torch.tensor(
             suffix, dtype=torch.long
         )
-    return _Batch(
+    return BatchState(
         input_ids=input_ids.to(device),
         lengths=torch.tensor(lengths_cpu, dtype=torch.long, device=device),
         lengths_cpu=lengths_cpu,
@@ -414,46 +358,48 @@ def _start_batch(
         truncated=torch.zeros(batch_size, dtype=torch.bool, device=device),
         row_ids=list(row_ids),
         batch_index=batch_index,
+        step_index=[0] * batch_size,
     )
 
 
-def _step(model: Callable[..., Any], batch: _Batch, options: _FlexOptions, step: int) -> None:
-    """One Euler step: live rows -> plan unmask -> forward -> unmask -> insert or stop."""
+def _retire_ended_rows(batch: BatchState, options: FlexOptions) -> None:
+    """Rows past the last step (t = 1) that hold no mask are done without a fill pass."""
+    ended = [row for row, on in enumerate(batch.active) if on and batch.step_index[row] >= options.steps]
+    if not ended:
+        return
     live = _live_rows(batch, options)
-    plan = _plan_unmask(live, batch, options, step)
-    logits, gaps = _forward(model, live, plan.candidates, batch, options, step * (1.0 / options.steps))
-    if gaps is None:
+    for row, n_mask in zip(live.rows, live.n_mask.tolist()):
+        if batch.step_index[row] >= options.steps and n_mask == 0:
+            batch.active[row] = False
+
+
+def _iterate(model: Callable[..., Any], batch: BatchState, options: FlexOptions) -> None:
+    """One forward pass: live rows -> plan unmask -> forward -> unmask -> insert or stop.
+
+    A row at step n < steps takes an Euler step at t = n / steps (or a jump); a row at n = steps
+    takes its fill pass at t = 1: every mask filled by argmax, nothing inserted, the row is done.
+    (After the last step, with a schedule reaching alpha(1) = 1, every token still missing has
+    arrived as a mask, so the rows that hold masks need this one more forward.)
+    """
+    live = _live_rows(batch, options)
+    plan = _plan_unmask(live, batch, options)
+    times = [1.0 if filling else step * (1.0 / options.steps)
+             for step, filling in zip(live.step, live.filling_rows)]
+    logits, gaps = _forward(model, live, plan.candidates, batch, options, times)
+    if gaps is None and not all(live.filling_rows):
         raise ValueError(
             "the model returned no gaps: it is not a FlexMDM (kind 'mdm'?); use mdm_generate"
         )
-    remaining_masks = _unmask(live, plan, logits, batch, options, fill=False)
-    for row in live.rows:
+    remaining_masks = _unmask(live, plan, logits, batch, options)
+    for row, filling in zip(live.rows, live.filling_rows):
         batch.steps_taken[row] += 1
-    _insert_or_stop(live, gaps, remaining_masks, batch, options, step)
+        if filling:
+            batch.active[row] = False
+    if not all(live.filling_rows):
+        insert_or_stop(live, gaps, remaining_masks, batch, options)
 
 
-def _fill(model: Callable[..., Any], batch: _Batch, options: _FlexOptions) -> None:
-    """After the last step (t = 1): fill every remaining mask by argmax in one forward pass.
-
-    The last step's insertions (with a schedule reaching alpha(1) = 1, every token still missing
-    arrives then) enter as masks, so the rows that hold masks take part in one more forward at
-    t = 1; nothing is inserted any more. Rows without masks are done without it.
-    """
-    live = _live_rows(batch, options)
-    for row, n_mask in zip(live.rows, live.n_mask.tolist()):
-        batch.active[row] = n_mask > 0
-    if not any(batch.active):
-        return
-    live = _live_rows(batch, options)
-    plan = _UnmaskPlan(k=live.n_mask, candidates=live.is_mask)
-    logits, _ = _forward(model, live, live.is_mask, batch, options, 1.0)
-    _unmask(live, plan, logits, batch, options, fill=True)
-    for row in live.rows:
-        batch.steps_taken[row] += 1
-        batch.active[row] = False
-
-
-def _live_rows(batch: _Batch, options: _FlexOptions) -> _LiveRows:
+def _live_rows(batch: BatchState, options: FlexOptions) -> LiveRows:
     """The active rows, cut to the live width (the longest active row, at least 1)."""
     device = options.device
     rows = [row for row, active in enumerate(batch.active) if active]
@@ -469,22 +415,33 @@ def _live_rows(batch: _Batch, options: _FlexOptions) -> _LiveRows:
     positions = torch.arange(width, device=device)  # (L,)
     in_middle = (positions[None, :] >= prefix[:, None]) & (positions[None, :] < middle_end[:, None])
     is_mask = (ids == options.mask_id) & in_middle  # (A, L)
-    return _LiveRows(rows=rows, index=index, width=width, ids=ids, lengths=lengths, prefix=prefix,
-                     middle_end=middle_end, is_mask=is_mask, n_mask=is_mask.sum(dim=1))
+    step = [batch.step_index[row] for row in rows]
+    filling_rows = [n >= options.steps for n in step]
+    return LiveRows(rows=rows, index=index, width=width, ids=ids, lengths=lengths, prefix=prefix,
+                    middle_end=middle_end, is_mask=is_mask, n_mask=is_mask.sum(dim=1), step=step,
+                    filling=torch.tensor(filling_rows, dtype=torch.bool, device=device),
+                    filling_rows=filling_rows)
 
 
-def _plan_unmask(live: _LiveRows, batch: _Batch, options: _FlexOptions, step: int
-                 ) -> _UnmaskPlan:
+def _plan_unmask(live: LiveRows, batch: BatchState, options: FlexOptions) -> UnmaskPlan:
     """How many masks to unmask, drawn before the forward (it decides where logits run).
 
     k ~ Poisson(n_mask * p_beta(t)) clamped to the eligible masks; candidates are the first
     ``window`` masks left to right (every mask without a window); rows with k = 0 need no logits.
+    With ``unmask_threshold`` every eligible mask needs logits (its confidence decides). Rows in
+    their fill pass unmask every mask (and draw nothing).
     """
     n_mask = live.n_mask
-    rates = n_mask.double() * options.unmask_probability[step]  # (A,)
+    probability = torch.tensor(
+        [0.0 if filling else options.unmask_probability[step]
+         for step, filling in zip(live.step, live.filling_rows)],
+        dtype=torch.float64, device=options.device,
+    )  # (A,)
+    rates = n_mask.double() * probability  # (A,)
     k = torch.cat(
         [
-            torch.poisson(rates[i : i + 1], generator=batch.generators[row])
+            rates.new_zeros(1) if live.filling_rows[i]
+            else torch.poisson(rates[i : i + 1], generator=batch.generators[row])
             for i, row in enumerate(live.rows)
         ]
     ).long()
@@ -498,166 +455,124 @@ def _plan_unmask(live: _LiveRows, batch: _Batch, options: _FlexOptions, step: in
     if options.confidence == "position":
         window = k  # leftmost first: the chosen masks are known before the forward
     mask_rank = live.is_mask.long().cumsum(dim=1) - 1  # (A, L) rank among the row's masks
-    candidates = live.is_mask & (mask_rank < window[:, None]) & (k > 0)[:, None]
-    return _UnmaskPlan(k=k, candidates=candidates)
+    ranked = live.is_mask & (mask_rank < window[:, None]) & (k > 0)[:, None]
+    candidates = ranked
+    if options.config.unmask_threshold is not None:
+        eligible = live.is_mask  # (A, L): every mask, or the first max_window of them
+        if options.max_window is not None:
+            eligible = eligible & (mask_rank < options.max_window)
+        candidates = ranked | eligible
+    if any(live.filling_rows):
+        filling = live.filling[:, None]  # (A, 1)
+        k = torch.where(live.filling, n_mask, k)
+        ranked = torch.where(filling, live.is_mask, ranked)
+        candidates = torch.where(filling, live.is_mask, candidates)
+    return UnmaskPlan(k=k, candidates=candidates, ranked=ranked)
 
 
 def _forward(
-    model: Callable[..., Any], live: _LiveRows, candidates: Tensor, batch: _Batch,
-    options: _FlexOptions, t: float,
+    model: Callable[..., Any], live: LiveRows, candidates: Tensor, batch: BatchState,
+    options: FlexOptions, times: list[float],
 ) -> tuple[Tensor, Tensor | None]:
-    """One forward pass on the live rows at time t: logits (N, V) at the candidates (A, L) and
-    gaps (A, L + 1) (None from a model without an insertion head)."""
-    t_batch = torch.full((len(live.rows),), t, dtype=torch.float32, device=options.device)
+    """One forward pass on the live rows at their times (A,): logits (N, V) at the candidates
+    (A, L) and gaps (A, L + 1) (None from a model without an insertion head)."""
+    t_batch = torch.tensor(times, dtype=torch.float32, device=options.device)  # (A,)
     logits, gaps = _call_model(
-        model, live.ids, live.lengths, t_batch, candidates, options.pass_positions
+        model, live.ids, live.lengths, t_batch, candidates, options.pass_positions,
+        _prefix_cache(live, batch, options),
     )
     batch.forward_passes += 1
     return logits, gaps
 
 
-def _unmask(live: _LiveRows, plan: _UnmaskPlan, logits: Tensor, batch: _Batch,
-            options: _FlexOptions, fill: bool) -> Tensor:
-    """Fill the k most confident candidates of each row (``fill``: every candidate, by argmax);
-    returns the masks left (A,)."""
+def _prefix_cache(live: LiveRows, batch: BatchState, options: FlexOptions) -> PrefixCache | None:
+    """This forward's prefix cache (``prefix_cache`` mode, else None).
+
+    The cached prefix is the batch's shortest protected prefix (prompt, infilling: prefix), whose
+    positions never move. A new cache is recorded by the first forward and every
+    ``prefix_cache_refresh`` forwards (a full forward, exact); the others reuse it for the live
+    rows (rows only ever leave a batch).
+    """
+    if not options.config.prefix_cache or min(batch.prefix_cpu) == 0:
+        return None
+    refresh = options.config.prefix_cache_refresh
+    if batch.cache is None or (refresh is not None and batch.cache_age >= refresh):
+        batch.cache = PrefixCache(min(batch.prefix_cpu))
+        batch.cache_rows, batch.cache_age = live.rows, 1
+        return batch.cache
+    batch.cache_age += 1
+    if batch.cache_rows != live.rows:
+        keep = [batch.cache_rows.index(row) for row in live.rows]
+        batch.cache = batch.cache.select(torch.tensor(keep, dtype=torch.long, device=options.device))
+        batch.cache_rows = live.rows
+    return batch.cache
+
+
+def _unmask(live: LiveRows, plan: UnmaskPlan, logits: Tensor, batch: BatchState,
+            options: FlexOptions) -> Tensor:
+    """Fill the selected masks of each row (fill pass: every mask, by argmax); returns the masks
+    left (A,)."""
     if logits.shape[0] == 0:
         return live.n_mask
     logits = logits.float()  # (N, V); a fresh tensor of the LM head: filled in place
     logits.index_fill_(-1, options.forbidden, float("-inf"))
     candidates = plan.candidates
-    if fill or options.confidence == "position":
+    if all(live.filling_rows):
         selected = candidates
     else:
-        scores = torch.full(live.ids.shape, float("-inf"), device=options.device)  # (A, L)
-        scores[candidates] = _confidence(logits, options.confidence)
-        selected = _select_top_k(scores, plan.k) & candidates
+        selected = _select(live, plan, logits, options)
+        if any(live.filling_rows):
+            selected = torch.where(live.filling[:, None], candidates, selected)
     candidate_index = candidates.flatten().long().cumsum(0) - 1  # (A * L,)
     chosen_logits = logits[candidate_index[selected.flatten()]]  # (K, V)
-    if fill or options.temperature == 0.0:
-        tokens = chosen_logits.argmax(dim=-1)
-    else:
-        per_row = selected.sum(dim=1).tolist()
+    tokens = chosen_logits.argmax(dim=-1)  # (K,)
+    if options.temperature > 0.0 and not all(live.filling_rows):
+        sampled = selected & ~live.filling[:, None]  # (A, L): the fill pass keeps the argmax
+        per_row = sampled.sum(dim=1).tolist()
         uniforms = torch.cat(
             [
                 torch.rand(count, generator=batch.generators[row], dtype=torch.float64,
                            device=options.device)
-                for count, row in zip(per_row, live.rows)
+                for count, row, filling in zip(per_row, live.rows, live.filling_rows)
+                if not filling
             ]
         )
-        tokens = _sample_tokens(chosen_logits, options.temperature, options.top_p, uniforms)
+        in_sample = sampled[selected]  # (K,) which chosen masks are sampled
+        tokens[in_sample] = _sample_tokens(chosen_logits[in_sample], options.temperature,
+                                           options.top_p, uniforms)
     ids = live.ids.masked_scatter(selected, tokens)
     batch.input_ids[live.index, : live.width] = ids
     return live.n_mask - selected.sum(dim=1)
 
 
-def _insert_or_stop(live: _LiveRows, gaps: Tensor, remaining_masks: Tensor, batch: _Batch,
-                    options: _FlexOptions, step: int) -> None:
-    """Stop the rows that are done; draw and insert the others' new masks.
+def _select(live: LiveRows, plan: UnmaskPlan, logits: Tensor, options: FlexOptions) -> Tensor:
+    """The masks to unmask (A, L): the k most confident of ``ranked`` (the leftmost k for
+    ``position``), plus with ``unmask_threshold`` every candidate whose top-1 probability passes it.
 
-    A row stops once it holds no mask and expects fewer than ``stop_threshold`` insertions over
-    the rest of the run. The others draw this step's arrivals in their answer slots
-    (``poisson``: e_j ~ Poisson(ghat_j p) per slot; ``binomial``: :func:`_binomial_arrivals`),
-    capped to ``max_length``.
+    logits: (N, V) at the candidates, forbidden tokens at -inf.
     """
-    width = live.width
-    gaps = gaps[:, : width + 1].double().clamp_min(0)  # (A, L + 1)
-    slots = torch.arange(width + 1, device=options.device)  # (L + 1,)
-    allowed = (slots[None, :] >= live.prefix[:, None]) & (
-        slots[None, :] <= live.middle_end[:, None]
-    )  # (A, L + 1): the answer's slots only
-    expected_gaps = torch.where(allowed, gaps, 0.0)
-    expected_remaining = expected_gaps.sum(dim=1) * options.arrival[step]  # (A,)
-    finished = ((remaining_masks == 0) & (expected_remaining < options.stop_threshold)).tolist()
-    for i, row in enumerate(live.rows):
-        if finished[i]:
-            allowed[i] = False
-            batch.active[row] = False
-    drawing = [i for i, done in enumerate(finished) if not done]
-    if not drawing:
-        return
-    probability = options.insert_probability[step]
-    if options.insertion_draw == "poisson":
-        counts = torch.zeros(allowed.shape, dtype=torch.long, device=options.device)
-        counts[allowed] = torch.cat([
-            torch.poisson(expected_gaps[i, allowed[i]] * probability,
-                          generator=batch.generators[live.rows[i]])
-            for i in drawing
-        ]).long()
+    candidates, ranked = plan.candidates, plan.ranked
+    if options.confidence == "position":
+        selected = ranked
     else:
-        counts = _binomial_arrivals(expected_gaps, drawing, probability,
-                                    [batch.generators[live.rows[i]] for i in drawing])
-    _apply_insertions(live, counts, batch, options)
+        scores = torch.full(live.ids.shape, float("-inf"), device=options.device)  # (A, L)
+        scores[candidates] = _confidence(logits, options.confidence)
+        if ranked is not candidates:
+            scores = scores.masked_fill(~ranked, float("-inf"))
+        selected = _select_top_k(scores, plan.k) & ranked
+    threshold = options.config.unmask_threshold
+    if threshold is None:
+        return selected
+    top_prob = torch.zeros(live.ids.shape, device=options.device)  # (A, L)
+    top_prob[candidates] = _confidence(logits, "top_prob")
+    return selected | (candidates & (top_prob >= threshold))
 
 
-def _binomial_arrivals(expected_gaps: Tensor, drawing: list[int], probability: float,
-                       generators: list[torch.Generator]) -> Tensor:
-    """Arrivals per slot under the ``binomial`` draw (see the module docstring).
+def _emit_trace(batch: BatchState, options: FlexOptions, iteration: int) -> None:
+    """Report the batch's state after ``iteration`` forward passes to the trace callback (if any).
 
-    expected_gaps: (A, S) float64 ghat_j, zero outside each row's answer slots; drawing: the rows
-    that draw (others get zeros); probability: p, the chance that a missing token arrives in this
-    step; generators: one per drawing row. Row i: the missing count N = stochastic rounding of
-    G = sum_j ghat_j (E[N] = G, variance at most 1/4), arrivals ~ Binomial(N, p) as N Bernoulli
-    trials, each arrival in slot j with probability ghat_j / G (inverse CDF). Every row takes
-    1 + 2 ceil(G) uniforms from its own generator (shapes depend on the row alone), the rest is
-    batched. Returns counts (A, S) long.
-    """
-    device = expected_gaps.device
-    cdf = expected_gaps.cumsum(dim=1)  # (A, S)
-    totals = cdf[:, -1]  # (A,) G
-    trials = torch.ceil(totals).long()  # (A,) ceil(G) >= N
-    sizes = (1 + 2 * trials[drawing]).tolist()
-    width = max(sizes) // 2  # most trials of a row
-    flat = torch.cat([
-        torch.rand(size, generator=generator, dtype=torch.float64, device=device)
-        for size, generator in zip(sizes, generators)
-    ])  # per row: [rounding u, c trial u, c slot u]
-    # Lay each row's uniforms out as (A, 1 + 2 width): column 0, trials 1.., slots 1 + width..
-    rows = torch.tensor(drawing, dtype=torch.long, device=device)
-    size_tensor = torch.tensor(sizes, dtype=torch.long, device=device)
-    row_of = torch.repeat_interleave(rows, size_tensor)  # (T,)
-    starts = torch.repeat_interleave(size_tensor.cumsum(0) - size_tensor, size_tensor)
-    offset = torch.arange(flat.numel(), device=device) - starts  # (T,) position within its row
-    row_trials = trials[row_of]
-    column = torch.where(offset <= row_trials, offset, offset - row_trials + width)
-    uniforms = torch.ones((expected_gaps.shape[0], 1 + 2 * width), dtype=torch.float64,
-                          device=device)
-    uniforms[row_of, column] = flat
-    whole = torch.floor(totals)
-    missing = whole + (uniforms[:, 0] < totals - whole).double()  # (A,) N, E[N] = G
-    is_drawing = torch.zeros_like(totals, dtype=torch.bool)
-    is_drawing[rows] = True
-    trial_index = torch.arange(width, device=device)  # (W,)
-    arrived = ((trial_index[None, :] < missing[:, None]) & is_drawing[:, None]
-               & (uniforms[:, 1 : 1 + width] < probability))  # (A, W)
-    targets = uniforms[:, 1 + width :] * totals[:, None]  # (A, W) in [0, G)
-    slots = torch.searchsorted(cdf, targets.contiguous(), right=True)
-    slots = slots.clamp_max(expected_gaps.shape[1] - 1)
-    counts = torch.zeros(expected_gaps.shape, dtype=torch.long, device=device)
-    return counts.scatter_add_(1, slots, arrived.long())
-
-
-def _apply_insertions(live: _LiveRows, counts: Tensor, batch: _Batch, options: _FlexOptions
-                      ) -> None:
-    """Insert ``counts`` (A, L + 1) masks into the live rows, capped to ``max_length``."""
-    counts, cut = cap_insertions(counts, options.max_length - live.lengths)
-    batch.truncated[live.index] |= cut
-    full_counts = torch.zeros(
-        (len(batch.active), batch.input_ids.shape[1] + 1), dtype=torch.long, device=options.device
-    )
-    full_counts[live.index, : live.width + 1] = counts
-    batch.input_ids, batch.lengths = insert_masks(
-        batch.input_ids,
-        batch.lengths,
-        full_counts,
-        mask_token_id=options.mask_id,
-        pad_token_id=options.pad_id,
-        width=options.max_length if options.fixed_buffer else None,
-    )
-    batch.lengths_cpu = batch.lengths.tolist()
-
-
-def _emit_trace(batch: _Batch, options: _FlexOptions, step: int) -> None:
-    """Report the batch's state after ``step`` steps to the trace callback (if any)."""
+    ``t``: the iteration's nominal time (iteration / steps; 1 for the fill pass), each row's own
+    time when jumps moved rows apart is in ``row_t``."""
     if options.trace is None:
         return
     device = options.device
@@ -670,18 +585,19 @@ def _emit_trace(batch: _Batch, options: _FlexOptions, step: int) -> None:
     options.trace(
         TraceStep(
             batch_index=batch.batch_index,
-            step=step,
-            t=1.0 if step > options.steps else step * (1.0 / options.steps),  # fill: t = 1
+            step=iteration,
+            t=1.0 if iteration > options.steps else iteration * (1.0 / options.steps),
             row_ids=list(batch.row_ids),
             lengths=answer_lengths,
             n_clean=[a - m for a, m in zip(answer_lengths, n_mask)],
             n_mask=n_mask,
             active=list(batch.active),
+            row_t=[min(n, options.steps) * (1.0 / options.steps) for n in batch.step_index],
         )
     )
 
 
-def _collect_outputs(batch: _Batch, options: _FlexOptions) -> dict[str, Any]:
+def _collect_outputs(batch: BatchState, options: FlexOptions) -> dict[str, Any]:
     """Per-row answers (the middle), full rows, steps taken, truncation flags, forward passes."""
     answers, full = [], []
     rows = batch.input_ids.tolist()

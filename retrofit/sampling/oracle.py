@@ -8,13 +8,15 @@ probability ``alpha(t)``, so ``l | L ~ Binomial(L, alpha(t))`` and
     E[L - l | l, t] = sum_L (L - l) p(L) Bin(l; L, alpha(t)) / sum_L p(L) Bin(l; L, alpha(t)),
 
 spread uniformly over the answer's ``l + 1`` slots (the sampler's length law depends only on their
-sum). Token logits are uniform over the content vocabulary (content is irrelevant here). A sampler
+sum). Token logits are uniform over the content vocabulary (content is irrelevant here), or give
+token 0 probability ``top_probability`` (a confident model, for the fast sampling modes). A sampler
 that is exact in the limit of exact rates turns this model's answers into lengths distributed as
 ``p(L)``; tests and ``benchmarks/sampling.py --exact-rates`` measure how close it gets.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import SimpleNamespace
 
@@ -34,7 +36,8 @@ class LengthOracle(nn.Module):
     """
 
     def __init__(self, length_probs: Mapping[int, float], *, prompt_length: int = 1,
-                 vocab_size: int = 2, schedule: str = "linear", max_length: int | None = None):
+                 vocab_size: int = 2, schedule: str = "linear", max_length: int | None = None,
+                 top_probability: float | None = None):
         super().__init__()
         lengths = sorted(int(length) for length in length_probs)
         probs = torch.tensor([float(length_probs[length]) for length in lengths], dtype=torch.float64)
@@ -52,6 +55,13 @@ class LengthOracle(nn.Module):
             max_length=max_length or prompt_length + 2 * max(lengths) + 8,
         )
         self.calls = 0
+        content = torch.zeros(vocab_size + 2)  # mask and pad: forbidden by the sampler anyway
+        if top_probability is not None:
+            if not 1.0 / vocab_size <= top_probability < 1.0:
+                raise ValueError(f"top_probability must be in [1/vocab_size, 1), got {top_probability}")
+            rest = (1.0 - top_probability) / max(vocab_size - 1, 1)
+            content[0] = math.log(top_probability / rest) if vocab_size > 1 else 0.0
+        self.register_buffer("content_logits", content)  # (V,)
 
     def expected_missing(self, answer_lengths: Tensor, t: Tensor) -> Tensor:
         """E[L - l | l, t] (B,) float64 for answer lengths l (B,) at times t (B,)."""
@@ -79,11 +89,10 @@ class LengthOracle(nn.Module):
         slots = torch.arange(width + 1, device=input_ids.device)  # (L + 1,)
         in_answer = (slots[None, :] >= self.prompt_length) & (slots[None, :] <= lengths[:, None])
         gaps = torch.where(in_answer, per_slot[:, None], 0.0).float()  # (B, L + 1)
-        vocab = self.vocab_size + 2
+        rows = batch_size * width if logits_positions is None else int(logits_positions.sum())
+        logits = self.content_logits.expand(rows, -1).clone()  # (N, V)
         if logits_positions is None:
-            logits = torch.zeros((batch_size, width, vocab), device=input_ids.device)
-        else:
-            logits = torch.zeros((int(logits_positions.sum()), vocab), device=input_ids.device)
+            logits = logits.view(batch_size, width, -1)  # (B, L, V)
         return SimpleNamespace(logits=logits, gaps=gaps)
 
 

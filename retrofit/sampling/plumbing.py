@@ -14,16 +14,14 @@ from retrofit.schedules import Schedule, get_schedule
 TokenRows = Sequence[Sequence[int]] | Sequence[Tensor]
 
 
-def _accepts_logits_positions(model: Callable[..., Any]) -> bool:
-    """Whether ``model``'s forward takes a ``logits_positions`` argument (or ``**kwargs``)."""
+def _accepts_logits_positions(model: Callable[..., Any], name: str = "logits_positions") -> bool:
+    """Whether ``model``'s forward takes the keyword argument ``name`` (or ``**kwargs``)."""
     target = model.forward if isinstance(model, nn.Module) else model
     try:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(
-        p.name == "logits_positions" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _call_model(
@@ -33,15 +31,18 @@ def _call_model(
     t: Tensor | None,
     positions: Tensor,
     pass_positions: bool,
+    prefix_cache: Any = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run one forward pass; returns ``(logits (N, V) at the True ``positions``, gaps or None)``.
 
-    input_ids, positions: (B, L); lengths: (B,); t: (B,) or None.
+    input_ids, positions: (B, L); lengths: (B,); t: (B,) or None; prefix_cache: passed on as
+    ``prefix_cache=`` when given (a :class:`retrofit.models.prefix_cache.PrefixCache`).
     """
+    extra = {} if prefix_cache is None else {"prefix_cache": prefix_cache}
     if pass_positions:
-        output = model(input_ids, lengths, t, logits_positions=positions)
+        output = model(input_ids, lengths, t, logits_positions=positions, **extra)
     else:
-        output = model(input_ids, lengths, t)
+        output = model(input_ids, lengths, t, **extra)
     if isinstance(output, Tensor):
         logits, gaps = output, None
     elif isinstance(output, tuple):

@@ -18,7 +18,8 @@ class TraceStep:
 
     ``row_ids`` are the indices of the batch's prompts in the input list; ``lengths`` the answer
     (infill: middle) lengths, ``n_clean`` / ``n_mask`` how many of those are clean / masked, and
-    ``active`` whether the row still takes part in the forward passes.
+    ``active`` whether the row still takes part in the forward passes; ``row_t`` (FlexMDM) each
+    row's own time, which differs from ``t`` only once jumps (``jump_insertions``) moved rows apart.
     """
 
     batch_index: int
@@ -29,6 +30,7 @@ class TraceStep:
     n_clean: list[int]
     n_mask: list[int]
     active: list[bool]
+    row_t: list[float] | None = None
 
 
 @dataclass
