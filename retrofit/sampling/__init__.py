@@ -28,7 +28,20 @@ from .config import (
     MDMSamplingConfig,
 )
 from .flexmdm import flexmdm_generate
-from .mdm import mdm_generate
+from .mdm import _mdm_trace, mdm_generate
+from .plumbing import (  # shared with retrofit.dream_sampling
+    TokenRows,
+    _accepts_logits_positions,
+    _as_rows,
+    _batches,
+    _call_model,
+    _check_common,
+    _config_value,
+    _model_device,
+    _progress_bar,
+    _row_generator,
+    _stream_ids,
+)
 from .results import (
     FlexMDMSamplingResult,
     MDMSamplingResult,
@@ -46,8 +59,20 @@ __all__ = [
     "MDMSamplingConfig",
     "MDMSamplingResult",
     "SamplingTrace",
+    "TokenRows",
     "TraceStep",
+    "_accepts_logits_positions",
+    "_as_rows",
+    "_batches",
+    "_call_model",
+    "_check_common",
+    "_config_value",
+    "_mdm_trace",
+    "_model_device",
+    "_progress_bar",
+    "_row_generator",
     "_step_probabilities",
+    "_stream_ids",
     "cap_insertions",
     "flexmdm_generate",
     "insert_masks",

@@ -8,7 +8,8 @@ callback) stays an argument of the sampler.
 Both configs are dataclasses whose ``__post_init__`` checks every value's range, so an instance is
 valid by construction. :meth:`from_dict` builds one from plain data (an eval spec's
 ``generation.flexmdm`` / ``generation.mdm`` mapping, keyword arguments) strictly: an unknown key is
-an error with a did-you-mean, a value of the wrong type is a one-line error naming the key::
+an error with a did-you-mean, a value of the wrong type is a one-line error naming the key (the
+project's one strict loader, :func:`retrofit.yaml_config.from_dict`)::
 
     FlexMDMSamplingConfig.from_dict({"steps": 256, "confidense": "top_prob"}, where="generation.flexmdm")
     # ConfigError: generation.flexmdm.confidense: unknown key. did you mean 'confidence'? Valid keys: ...
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from retrofit.schedules import Schedule
+from retrofit.yaml_config import ConfigError
+from retrofit.yaml_config import from_dict as _strict_from_dict
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -44,81 +45,6 @@ REMASKING_NAMES = ("low_confidence", "random")
 INSERTION_DRAWS = ("binomial", "poisson")
 
 ConfigType = TypeVar("ConfigType", "FlexMDMSamplingConfig", "MDMSamplingConfig")
-
-
-_UNIONS = (typing.Union, types.UnionType)
-
-
-class ConfigError(ValueError):
-    """Invalid sampler settings; the message is one line naming the key and what to do."""
-
-
-# The strict conversion below covers the field types of the two configs. The project's one strict
-# loader (``retrofit.yaml_config.from_dict``, same signature and messages) replaces it once it sits
-# below the sampling layer; ``retrofit.config`` (the training recipe schema) sits above it.
-def _type_name(annotation: Any) -> str:
-    if annotation is type(None):
-        return "null"
-    if typing.get_origin(annotation) in _UNIONS:
-        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
-    if typing.get_origin(annotation) is list:
-        return f"list[{_type_name(typing.get_args(annotation)[0])}]"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """``value`` checked against a field annotation (int -> float is the only conversion;
-    numeric strings such as YAML's ``1e-4`` read as floats). Raises a one-line ConfigError."""
-    if typing.get_origin(annotation) in _UNIONS:
-        for option in typing.get_args(annotation):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                continue
-    elif annotation is type(None):
-        if value is None:
-            return None
-    elif typing.get_origin(annotation) is list:
-        if isinstance(value, (list, tuple)):
-            item = typing.get_args(annotation)[0]
-            return [_coerce(entry, item, f"{where}[{index}]") for index, entry in enumerate(value)]
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-    elif isinstance(annotation, type) and isinstance(value, annotation):
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(annotation)}, got {value!r} "
-                      f"({type(value).__name__}).")
-
-
-def _strict_from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from ``data``: unknown key (did-you-mean) and wrong type are one-line
-    ConfigErrors naming ``prefix.key``; the dataclass's own range checks become ConfigErrors too."""
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
-        where = f"{prefix}.{key}"
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
-            hint = f" did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: unknown key.{hint} Valid keys: {', '.join(sorted(fields))}.")
-        values[key] = _coerce(value, hints[key], where)
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{prefix}: {error}") from error
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -158,7 +84,7 @@ class _SamplingConfig:
             forbid, Iterable
         ):
             data["forbid_token_ids"] = list(forbid)  # a set or a range of ids: order is irrelevant
-        return _strict_from_dict(cls, data, where or cls.__name__)
+        return _strict_from_dict(cls, data, prefix=where or cls.__name__)
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed, validated the same way as :meth:`from_dict`."""

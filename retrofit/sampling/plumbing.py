@@ -120,6 +120,16 @@ def _stream_ids(row_ids: Sequence[int] | None, n_prompts: int) -> list[int]:
     return row_ids
 
 
+def _check_common(steps: int, batch_size: int | None, n_prompts: int) -> None:
+    """At least one prompt, ``steps >= 1``, ``batch_size >= 1`` or None (for samplers without a
+    typed config, e.g. :mod:`retrofit.dream_sampling`)."""
+    _check_prompt_count(n_prompts)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+
+
 def _check_prompt_count(n_prompts: int) -> None:
     """At least one prompt (the settings themselves are checked by the sampler configs)."""
     if n_prompts == 0:
