@@ -21,7 +21,8 @@ Every mode samples the same prompts with the same seeds and batch size:
   validity of prefix + middle + suffix (Wilson 95 % interval).
 
 Cost: forward passes per sample (each row's own count, ``result.steps``) and wall time (seconds
-per sample, sampling only, both benchmarks). The last line prints
+per sample, sampling only, both benchmarks; the fastest of ``--repeats`` round-robin runs). The
+exact sampler with 16 steps is reported for reference (the trivial way to fewer forward passes). The last line prints
 ``forward-pass ratio Ax, wall-time ratio Bx`` (exact / fast) for the fast mode with the most
 forward passes saved among those whose quality is within the exact mode's intervals (validity and
 infilling validity inside its Wilson intervals, W1 not above its interval's upper end).
@@ -45,16 +46,23 @@ from retrofit.sampling import FlexMDMSamplingConfig, flexmdm_generate
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> the fast options laid over the exact settings (steps, temperature, ...).
+# name -> the fast options laid over the exact settings (steps, temperature, ...). The demo's
+# model puts at most ~0.8 on a bracket (two-letter alphabet), so Fast-dLLM's 0.9 never fires and
+# 0.6 / 0.5 are the thresholds that do anything here.
 MODES: dict[str, dict[str, Any]] = {
     "exact": {},
-    "threshold": {"unmask_threshold": 0.9},
-    "threshold+jump0.25": {"unmask_threshold": 0.9, "jump_insertions": 0.25},
-    "threshold+jump1": {"unmask_threshold": 0.9, "jump_insertions": 1.0},
+    "threshold0.9": {"unmask_threshold": 0.9},
+    "threshold0.6": {"unmask_threshold": 0.6},
+    "threshold0.6+jump0.25": {"unmask_threshold": 0.6, "jump_insertions": 0.25},
+    "threshold0.6+jump1": {"unmask_threshold": 0.6, "jump_insertions": 1.0},
+    "threshold0.5+jump1": {"unmask_threshold": 0.5, "jump_insertions": 1.0},
     "prefix-cache": {"prefix_cache": True},
-    "threshold+jump1+cache": {"unmask_threshold": 0.9, "jump_insertions": 1.0,
-                              "prefix_cache": True},
+    "prefix-cache-refresh8": {"prefix_cache": True, "prefix_cache_refresh": 8},
+    "threshold0.6+jump1+cache8": {"unmask_threshold": 0.6, "jump_insertions": 1.0,
+                                  "prefix_cache": True, "prefix_cache_refresh": 8},
 }
+# Reported for reference, never chosen as "the best fast mode": the exact sampler with fewer steps.
+REFERENCES: dict[str, dict[str, Any]] = {"exact-16-steps": {"steps": 16}}
 
 
 @dataclass
@@ -146,11 +154,12 @@ def run_mode(model: Any, work: Workload, settings: dict[str, Any], args: argpars
     inverse = {index: text for text, index in work.encode.items()}
     common = {"seed": args.seed, "progress": False, "batch_size": args.batch_size,
               "forbid_token_ids": work.forbidden, "max_length": 128}
+    settings = {"steps": args.steps, **settings}
     start = time.perf_counter()
     free = flexmdm_generate(model, [work.bos] * work.unconditional, config=FlexMDMSamplingConfig(
-        steps=args.steps, temperature=args.temperature, **settings), **common)
+        temperature=args.temperature, **settings), **common)
     filled = flexmdm_generate(model, work.infill_prefixes, suffixes=work.infill_suffixes,
-                              config=FlexMDMSamplingConfig(steps=args.steps, **settings),
+                              config=FlexMDMSamplingConfig(**settings),
                               **{**common, "seed": args.seed + 1})
     seconds = time.perf_counter() - start
     texts = ["".join(inverse.get(i, "?") for i in ids) for ids in free.sequences]
@@ -189,6 +198,19 @@ def _w1_interval(lengths: list[int], distribution: dict[int, float], seed: int,
     values = sorted(_w1([lengths[rng.randrange(len(lengths))] for _ in lengths], distribution)
                     for _ in range(resamples))
     return values[int(0.025 * (resamples - 1))], values[int(0.975 * (resamples - 1))]
+
+
+def time_modes(model: Any, work: Workload, settings: dict[str, dict[str, Any]],
+               args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every mode ``--repeats`` times, round robin (a load spike on a shared machine then hits
+    every mode alike); each mode keeps its fastest run. Outputs are the same in every repeat."""
+    results: dict[str, dict[str, Any]] = {}
+    for _ in range(args.repeats):
+        for name, options in settings.items():
+            result = run_mode(model, work, options, args)
+            if name not in results or result["seconds_per_sample"] < results[name]["seconds_per_sample"]:
+                results[name] = result
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per mode (fastest kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -244,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.smoke:
         args.samples, args.infill, args.steps = min(args.samples, 16), min(args.infill, 8), 8
+        args.repeats = 1
     from retrofit.adapter import FlexMDM
 
     if args.checkpoint is None:
@@ -262,12 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["exact"] + [name for name in args.modes if name != "exact"]
     run_mode(model, load_workload(model, data_dir, 2, 2), {}, argparse.Namespace(
         **{**vars(args), "steps": 4}))  # warm-up (first calls allocate and compile kernels)
-    results = {name: run_mode(model, work, MODES[name], args) for name in modes}
+    settings = {**{name: MODES[name] for name in modes}, **REFERENCES}
+    results = time_modes(model, work, settings, args)
     print_table(results)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     exact = results["exact"]
     qualified = [name for name in modes[1:] if within_exact(results[name], exact)]
+    print(f"within the exact mode's quality: {', '.join(qualified) or 'none'}")
     if not qualified:
         print("no fast mode within the exact mode's quality intervals: "
               "forward-pass ratio 1.00x, wall-time ratio 1.00x")
