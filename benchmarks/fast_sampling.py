@@ -47,8 +47,8 @@ from retrofit.sampling import FlexMDMSamplingConfig, flexmdm_generate
 REPO = Path(__file__).resolve().parents[1]
 
 # name -> the fast options laid over the exact settings (steps, temperature, ...). The demo's
-# model puts at most ~0.8 on a bracket (two-letter alphabet), so Fast-dLLM's 0.9 never fires and
-# 0.6 / 0.5 are the thresholds that do anything here.
+# model rarely puts more than 0.8 on a bracket (two-letter alphabet), so Fast-dLLM's 0.9 never
+# fires and 0.6 / 0.5 are the thresholds that do anything here.
 MODES: dict[str, dict[str, Any]] = {
     "exact": {},
     "threshold0.9": {"unmask_threshold": 0.9},
