@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -39,3 +41,20 @@ def test_sampling_benchmark_exact_rates_smoke(capsys):
     for draw in ("binomial", "poisson"):
         assert re.search(rf"^{draw}\s+16\s", out, re.MULTILINE), out
 
+
+@pytest.mark.slow  # two `accelerate launch` DeepSpeed worker processes (~15-20 s of start-up each)
+def test_gpu_check_smoke(tmp_path, capsys):
+    """The GPU check's code paths on CPU: training step (plain, ZeRO-2, ZeRO-3 through accelerate
+    launch with the recipes' configs), live vs fixed sampling, fast sampling; one JSON."""
+    output = tmp_path / "gpu_check.json"
+    assert _load("gpu_check").main(["--smoke", "--output", str(output)]) == 0
+    import json
+
+    figures = json.loads(output.read_text())
+    for name in ("train", "zero2", "zero3"):
+        assert figures[name]["tokens_per_s"] > 0 and figures[name]["steps"] == 2
+    assert figures["zero2"]["zero_stage"] == 2 and figures["zero3"]["zero_stage"] == 3
+    assert "DEEPSPEED" in figures["zero3"]["distributed_type"]
+    assert figures["sampling_live_vs_fixed"]["outputs_identical"] is True
+    assert figures["fast_sampling"]["forward_pass_ratio"] > 0
+    assert "fast sampling: forward-pass ratio" in capsys.readouterr().out
