@@ -408,19 +408,9 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         modulation = self._check_modulation(modulation, batch_size)
 
         hidden_states = transformer.emb_drop(transformer.wte(input_ids))  # (B, L, d)
-        offset = prefix_cache.length if prefix_cache is not None and prefix_cache.recorded else 0
-        rope_cos, rope_sin = rotary_cos_sin(
-            offset + seq_len, self.config.head_dim, float(self.config.rope_theta),
-            hidden_states.device,
-        )  # (P + L, head_dim) each
-        rope_cos, rope_sin = rope_cos[offset:], rope_sin[offset:]  # (L, head_dim): positions P..
-        key_mask = _key_padding_mask(attention_mask, batch_size, seq_len)  # (B, 1, 1, L) | None
-        if key_mask is not None and offset:
-            # The cached prefix is real in every row: always attended.
-            key_mask = torch.cat((key_mask.new_ones((batch_size, 1, 1, offset)), key_mask), dim=-1)
-        if prefix_cache is not None and not prefix_cache.recorded and seq_len < prefix_cache.length:
-            raise ValueError(f"cannot record a prefix of {prefix_cache.length} positions from "
-                             f"{seq_len}: make the PrefixCache shorter")
+        rope_cos, rope_sin, key_mask = self._positions_and_keys(
+            attention_mask, batch_size, seq_len, prefix_cache, hidden_states.device
+        )  # (L, head_dim) each, (B, 1, 1, K) | None
 
         all_hidden_states: list[Tensor] = []
         for index, block in enumerate(blocks):
@@ -446,6 +436,25 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
         )
         return output if return_dict else output.to_tuple()
+
+    def _positions_and_keys(
+        self, attention_mask: Tensor | None, batch_size: int, seq_len: int,
+        prefix_cache: PrefixCache | None, device: torch.device,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """RoPE tables ``(L, head_dim)`` of the positions computed (P.. when reusing a prefix cache
+        of P positions) and the SDPA key mask ``(B, 1, 1, K)`` or None (K = P + L when reusing)."""
+        offset = prefix_cache.length if prefix_cache is not None and prefix_cache.recorded else 0
+        if prefix_cache is not None and not prefix_cache.recorded and seq_len < prefix_cache.length:
+            raise ValueError(f"cannot record a prefix of {prefix_cache.length} positions from "
+                             f"{seq_len}: make the PrefixCache shorter")
+        rope_cos, rope_sin = rotary_cos_sin(
+            offset + seq_len, self.config.head_dim, float(self.config.rope_theta), device
+        )  # (P + L, head_dim) each
+        key_mask = _key_padding_mask(attention_mask, batch_size, seq_len)  # (B, 1, 1, L) | None
+        if key_mask is not None and offset:
+            # The cached prefix is real in every row: always attended.
+            key_mask = torch.cat((key_mask.new_ones((batch_size, 1, 1, offset)), key_mask), dim=-1)
+        return rope_cos[offset:], rope_sin[offset:], key_mask
 
     def _check_modulation(
         self, modulation: Sequence[tuple[Tensor, Tensor] | None] | None, batch_size: int
