@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "FlexMDMSamplingConfig",
     "MDMSamplingConfig",
+    "expose_config_keywords",
     "resolve_config",
 ]
 
@@ -246,3 +248,25 @@ def resolve_config(
         raise ConfigError(f"{where}: config must be a {cls.__name__} or a mapping, "
                           f"got {type(config).__name__}")
     return cls.from_dict({**base, **settings}, where=where)
+
+
+def expose_config_keywords(config_cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a sampler taking ``**settings``: its signature lists every field of
+    ``config_cls`` as a keyword-only parameter (with the field's default) in their place, so
+    ``help()``, editors and callers that inspect the signature (e.g. :mod:`retrofit.lm_eval`) see
+    the settings the sampler accepts."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(function)
+        parameters = [p for p in signature.parameters.values()
+                      if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        taken = {p.name for p in parameters}
+        parameters += [
+            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
+                              annotation=field.type)
+            for field in dataclasses.fields(config_cls) if field.name not in taken
+        ]
+        function.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return function
+
+    return decorate

@@ -106,7 +106,7 @@ from torch import Tensor
 from retrofit.models.prefix_cache import PrefixCache
 
 from .blocks import _confidence, _sample_tokens, _select_top_k, _step_probabilities
-from .config import FlexMDMSamplingConfig, resolve_config
+from .config import FlexMDMSamplingConfig, expose_config_keywords, resolve_config
 from .insertion import insert_or_stop
 from .plumbing import (
     TokenRows,
@@ -133,6 +133,7 @@ __all__ = ["flexmdm_generate"]
 # ---------------------------------------------------------------------------------------------
 
 
+@expose_config_keywords(FlexMDMSamplingConfig)
 @torch.inference_mode()
 def flexmdm_generate(
     model: Callable[..., Any],

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .blocks import _select_top_k, num_transfer_tokens
-from .config import MDMSamplingConfig, resolve_config
+from .config import MDMSamplingConfig, expose_config_keywords, resolve_config
 from .plumbing import (
     TokenRows,
     _accepts_logits_positions,
@@ -37,6 +37,7 @@ from .results import MDMSamplingResult, TraceStep
 __all__ = ["mdm_generate"]
 
 
+@expose_config_keywords(MDMSamplingConfig)
 @torch.inference_mode()
 def mdm_generate(
     model: Callable[..., Any],
