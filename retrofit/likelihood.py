@@ -54,16 +54,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from retrofit.interpolant import NoisedBatch, forward_process
+from retrofit.model_call import call_model, model_device
 from retrofit.schedules import RATE_FACTOR_MIN_DENOMINATOR, Schedule, get_schedule
 
 __all__ = [
@@ -307,51 +307,6 @@ def flexmdm_bound_integrand(
 # ---------------------------------------------------------------------------------------------
 
 
-def _accepts_logits_positions(model: Callable[..., Any]) -> bool:
-    """Whether ``model``'s forward takes ``logits_positions`` (or ``**kwargs``)."""
-    target = model.forward if isinstance(model, nn.Module) else model
-    try:
-        parameters = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.name == "logits_positions" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
-
-
-def _call_model(
-    model: Callable[..., Any],
-    input_ids: Tensor,
-    lengths: Tensor,
-    t: Tensor | None,
-    positions: Tensor,
-) -> tuple[Tensor, Tensor | None]:
-    """One forward pass: ``(logits (N, V) at the True positions, gaps (B, L+1) or None)``."""
-    if _accepts_logits_positions(model):
-        output = model(input_ids, lengths, t, logits_positions=positions)
-    else:
-        output = model(input_ids, lengths, t)
-    if isinstance(output, Tensor):
-        logits, gaps = output, None
-    elif isinstance(output, tuple):
-        logits, gaps = output[0], (output[1] if len(output) > 1 else None)
-    else:
-        logits, gaps = output.logits, getattr(output, "gaps", None)
-    if logits.dim() == 3:  # (B, L, V): the model ignored logits_positions
-        logits = logits[positions.to(logits.device)]
-    return logits, gaps
-
-
-def _model_device(model: Any, device: torch.device | str | None) -> torch.device:
-    """Explicit device, else the model's first parameter's, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if isinstance(model, nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-    return torch.device("cpu")
-
-
 def _request_generator(seed: int, context: TokenIds, salt: str) -> torch.Generator:
     """A CPU generator seeded by (seed, salt, the context's ids): independent of batching."""
     digest = hashlib.sha256(f"{seed}|{salt}|".encode() + bytes(str(list(context)), "ascii"))
@@ -573,7 +528,7 @@ def flexmdm_log_likelihood(
     if not requests:
         return []
     forbidden = [mask_token_id] if forbidden_token_ids is None else list(forbidden_token_ids)
-    run_device = _model_device(model, device)
+    run_device = model_device(model, device)
     pool = [
         _noise_request(
             request, mc_num=mc_num, insertion=insertion, unmasking=unmasking,
@@ -591,7 +546,7 @@ def flexmdm_log_likelihood(
             targets=rows["targets"], gap_counts=rows["gap_counts"], protected=rows["protected"],
             t=rows["t"],
         ).to(run_device)  # fmt: skip
-        logits, gaps = _call_model(model, batch.input_ids, batch.lengths, batch.t, batch.is_mask)
+        logits, gaps = call_model(model, batch.input_ids, batch.lengths, batch.t, batch.is_mask)
         if gaps is None:
             raise ValueError(
                 "the model returned no gaps: it is not a FlexMDM (kind 'mdm'?); use "
@@ -677,7 +632,7 @@ def mdm_log_likelihood(
         [mask_token_id] if forbidden_token_ids is None else sorted(set(forbidden_token_ids)),
         dtype=torch.long,
     )
-    run_device = _model_device(model, device)
+    run_device = model_device(model, device)
     scored = [index for index, (_, continuation) in enumerate(requests) if continuation]
     values = [torch.zeros(mc_num, dtype=torch.float64) for _ in requests]
     if not scored:
@@ -691,7 +646,7 @@ def mdm_log_likelihood(
     for members in _pool_batches(pool, batch_size):
         rows = _gather(pool, members, fills)
         is_mask = rows["is_mask"].to(run_device)
-        logits, _ = _call_model(
+        logits, _ = call_model(
             model, rows["input_ids"].to(run_device), rows["lengths"].to(run_device), None, is_mask
         )
         log_probs = _masked_log_probs(logits, rows["targets"].to(run_device)[is_mask], forbidden)

@@ -18,7 +18,7 @@ lm-eval and the model card's usage snippet prompt and decode a checkpoint the sa
   single fields (``chat_template``, ``infill_markers``) on purpose.
 - **sampler**: by the checkpoint's kind, FlexMDM (insert + unmask; infilling grows the middle
   between prefix and suffix) or the MDM baseline (LLaDA's sampler after the prompt, the PSM
-  prompt for infilling). Every task draws from its own random stream (``Task.stream_id``), so an
+  prompt for infilling; ``sampler: dream`` in its settings selects Dream's own). Every task draws from its own random stream (``Task.stream_id``), so an
   answer depends on neither the batch nor its position in it.
 - **stop and decode**: an answer ends at the first stop id (EOS or end of turn, for both kinds)
   and is decoded with special tokens skipped.
@@ -40,10 +40,15 @@ from retrofit.adapter import FlexMDM
 from retrofit.adapter.checkpoint import TOKENIZER_FILES, resolve_checkpoint_dir
 from retrofit.prompt_layout import PromptLayout, encode_generation_inputs, encode_text
 from retrofit.sampling import flexmdm_generate, mdm_generate
+from retrofit.sampling.dream import dream_generate
 from retrofit.special_ids import SpecialIds, cut_at_stop
 
 __all__ = ["LONG_PROMPT_POLICIES", "Answer", "Pipeline", "Task", "load_tokenizer"]
 
+# The MDM baseline's samplers (``sampler:`` in the MDM settings): LLaDA's semi-autoregressive one
+# (the default, for both families) or Dream's own ``diffusion_generate`` (with its keywords:
+# ``alg``, ``eps``, ``top_p``, ...).
+MDM_SAMPLERS = {"llada": mdm_generate, "dream": dream_generate}
 # What to do with a prompt that leaves no room for an answer within the model's max_length.
 LONG_PROMPT_POLICIES = ("error", "skip", "truncate-left")
 
@@ -277,7 +282,8 @@ class Pipeline:
         started = time.perf_counter()
         with torch.no_grad():
             if self.kind == "mdm":
-                result = mdm_generate(
+                sampler = MDM_SAMPLERS[settings.pop("sampler", "llada")]
+                result = sampler(
                     self.model, prompts, seed=seed, row_ids=stream_ids, progress=progress,
                     trace=trace, **settings,
                 )  # fmt: skip

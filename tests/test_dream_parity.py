@@ -31,8 +31,8 @@ import pytest
 import torch
 
 from retrofit.adapter import FlexMDM
-from retrofit.dream_sampling import dream_generate
 from retrofit.models import DreamModel, tiny_dream_config
+from retrofit.sampling.dream import dream_generate
 
 OFFICIAL_DIR = os.environ.get("RETROFIT_DREAM_OFFICIAL_DIR")
 pytestmark = pytest.mark.skipif(

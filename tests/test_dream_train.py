@@ -12,9 +12,9 @@ import torch
 
 from retrofit.adapter import FlexMDM
 from retrofit.config import load_config
-from retrofit.dream_sampling import dream_generate
 from retrofit.models import DreamModel
 from retrofit.sampling import flexmdm_generate, mdm_generate
+from retrofit.sampling.dream import dream_generate
 from retrofit.train import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -84,3 +84,29 @@ def test_an_over_long_prompt_is_skipped_and_counted(tiny_flexmdm, tmp_path):
     summary = json.loads((truncated / "summary.json").read_text())
     assert "skipped" not in summary and summary["cost"]["forward_passes_per_sample"] > 0
     assert summary["cost"]["seconds_per_sample"] > 0 and summary["cost"]["samples_generated"] == 4
+
+
+def test_sampler_settings_are_validated_once(tiny_checkpoint, tmp_path):
+    """Issue 13: a spec's generation sections go through the samplers' typed configs: a typo is an
+    error naming the spec and key at load time, not a crash mid-run; --gen overrides too."""
+    from retrofit.evaluation.specs import load_spec
+
+    spec = {"name": "x", "task": "gsm8k", "generation": {"flexmdm": {"stpes": 8}}}
+    with pytest.raises(ValueError, match=r"generation\.flexmdm.*stpes.*did you mean 'steps'"):
+        load_spec(spec)
+    with pytest.raises(ValueError, match=r"generation\.mdm\.sampler must be 'llada' or 'dream'"):
+        load_spec({"name": "x", "task": "gsm8k", "generation": {"mdm": {"sampler": "other"}}})
+    with pytest.raises(ValueError, match=r"not settings of Dream's sampler"):
+        load_spec({"name": "x", "task": "gsm8k", "generation": {"mdm": {"sampler": "dream", "block_length": 8}}})
+    argv = ["gsm8k", "--model", str(tiny_checkpoint("flexmdm")), "--data", str(GSM8K), "--limit", "1",
+            "--output", str(tmp_path / "typo"), "--no-progress", "--gen", "stpes=2"]
+    assert cli_main(argv) == 2
+
+
+def test_an_mdm_checkpoint_can_decode_with_dreams_sampler(tiny_checkpoint):
+    from retrofit.pipeline import Pipeline, Task
+
+    pipeline = Pipeline.from_pretrained(tiny_checkpoint("mdm"), device="cpu")
+    settings = {"sampler": "dream", "gen_length": 8, "steps": 4, "alg": "entropy"}
+    (answer,) = pipeline.generate([Task(prompt="hi")], settings)
+    assert answer.forward_passes == 4 and len(answer.token_ids) <= 8

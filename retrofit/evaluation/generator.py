@@ -9,7 +9,7 @@ from typing import Any
 from retrofit.adapter.checkpoint import CONFIG_FILE
 from retrofit.evaluation.benchmarks import EvalTask, Generation
 from retrofit.evaluation.results import sample_stream_id
-from retrofit.evaluation.specs import EvalSpec
+from retrofit.evaluation.specs import EvalSpec, check_generation
 
 __all__ = ["ModelGenerator", "request_for"]
 
@@ -52,6 +52,8 @@ class ModelGenerator:
         self.spec = spec
         self.settings = spec.generation_settings(self.kind)
         self.settings.update(overrides or {})
+        if overrides:  # --gen KEY=VALUE: the same validation as the spec's own settings
+            check_generation(self.kind, self.settings, where=f"{spec.name}: generation.{self.kind} + --gen")
         self.seed = seed
         self.on_long_prompt = on_long_prompt or spec.on_long_prompt
 

@@ -99,6 +99,7 @@ class EvalSpec:
             if not isinstance(settings, dict):
                 raise ValueError(f"spec {self.name!r}: generation.{kind} must be a mapping of "  # noqa: TRY004
                                  f"sampler arguments, got {settings!r}")
+            check_generation(kind, settings, where=f"{self.path or self.name}: generation.{kind}")
 
     @property
     def source_task(self) -> str:
@@ -152,6 +153,31 @@ class EvalSpec:
         return spec
 
 
+def check_generation(kind: str, settings: dict[str, Any], *, where: str) -> None:
+    """Validate sampler settings once, through the sampler's typed config (an unknown key with a
+    did-you-mean, a wrong type or value: one error naming ``where``). The MDM settings may name
+    ``sampler: dream`` (Dream's own sampler, checked against its keywords)."""
+    import inspect
+
+    from retrofit.sampling import FlexMDMSamplingConfig, MDMSamplingConfig
+    from retrofit.sampling.dream import dream_generate
+
+    if kind == "flexmdm":
+        FlexMDMSamplingConfig.from_dict(settings, where=where)
+        return
+    settings = dict(settings)
+    sampler = settings.pop("sampler", "llada")
+    if sampler == "llada":
+        MDMSamplingConfig.from_dict(settings, where=where)
+    elif sampler == "dream":
+        known = set(inspect.signature(dream_generate).parameters) - {"model", "prompts"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"{where}: {unknown} are not settings of Dream's sampler; known: {sorted(known)}")
+    else:
+        raise ValueError(f"{where}.sampler must be 'llada' or 'dream', got {sampler!r}")
+
+
 def load_spec(spec: str | Path | dict[str, Any] | EvalSpec) -> EvalSpec:
     """Load a spec from a YAML path, a builtin name ("gsm8k", "humaneval-infill-single-line"), a
     dict, or return an EvalSpec unchanged."""
@@ -171,4 +197,4 @@ def load_spec(spec: str | Path | dict[str, Any] | EvalSpec) -> EvalSpec:
     return EvalSpec.from_dict(load_yaml(path, what="benchmark spec"), path=str(path))
 
 
-__all__ = ["JSONL_FIELDS", "KINDS", "TASKS", "EvalSpec", "builtin_spec_dir", "load_spec"]
+__all__ = ["JSONL_FIELDS", "KINDS", "TASKS", "EvalSpec", "builtin_spec_dir", "check_generation", "load_spec"]

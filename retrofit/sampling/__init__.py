@@ -29,7 +29,7 @@ from .config import (
 )
 from .flexmdm import flexmdm_generate
 from .mdm import _mdm_trace, mdm_generate
-from .plumbing import (  # shared with retrofit.dream_sampling
+from .plumbing import (  # private helpers, importable here as before
     TokenRows,
     _accepts_logits_positions,
     _as_rows,

@@ -2,66 +2,22 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from retrofit.model_call import accepts_keyword, call_model, model_device
 from retrofit.schedules import Schedule, get_schedule
 
 TokenRows = Sequence[Sequence[int]] | Sequence[Tensor]
 
 
-def _accepts_logits_positions(model: Callable[..., Any], name: str = "logits_positions") -> bool:
-    """Whether ``model``'s forward takes the keyword argument ``name`` (or ``**kwargs``)."""
-    target = model.forward if isinstance(model, nn.Module) else model
-    try:
-        parameters = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-def _call_model(
-    model: Callable[..., Any],
-    input_ids: Tensor,
-    lengths: Tensor,
-    t: Tensor | None,
-    positions: Tensor,
-    pass_positions: bool,
-    prefix_cache: Any = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Run one forward pass; returns ``(logits (N, V) at the True ``positions``, gaps or None)``.
-
-    input_ids, positions: (B, L); lengths: (B,); t: (B,) or None; prefix_cache: passed on as
-    ``prefix_cache=`` when given (a :class:`retrofit.models.prefix_cache.PrefixCache`).
-    """
-    extra = {} if prefix_cache is None else {"prefix_cache": prefix_cache}
-    if pass_positions:
-        output = model(input_ids, lengths, t, logits_positions=positions, **extra)
-    else:
-        output = model(input_ids, lengths, t, **extra)
-    if isinstance(output, Tensor):
-        logits, gaps = output, None
-    elif isinstance(output, tuple):
-        logits, gaps = output[0], (output[1] if len(output) > 1 else None)
-    else:
-        logits, gaps = output.logits, getattr(output, "gaps", None)
-    if logits.dim() == 3:  # (B, L, V): the model ignored logits_positions
-        logits = logits[positions]
-    return logits, gaps
-
-
-def _model_device(model: Any, device: torch.device | str | None) -> torch.device:
-    """The device to run on: explicit, else the model's first parameter or buffer, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if isinstance(model, nn.Module):
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            return tensor.device
-    return torch.device("cpu")
+# The model-call protocol lives in retrofit.model_call (shared with retrofit.likelihood).
+_accepts_logits_positions = accepts_keyword
+_call_model = call_model
+_model_device = model_device
 
 
 def _config_value(model: Any, name: str, explicit: Any) -> Any:
@@ -122,7 +78,7 @@ def _stream_ids(row_ids: Sequence[int] | None, n_prompts: int) -> list[int]:
 
 def _check_common(steps: int, batch_size: int | None, n_prompts: int) -> None:
     """At least one prompt, ``steps >= 1``, ``batch_size >= 1`` or None (for samplers without a
-    typed config, e.g. :mod:`retrofit.dream_sampling`)."""
+    typed config, e.g. :mod:`retrofit.sampling.dream`)."""
     _check_prompt_count(n_prompts)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")

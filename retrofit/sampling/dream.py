@@ -39,22 +39,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retrofit.sampling import (
-    MDMSamplingResult,
+from retrofit.sampling.mdm import _mdm_trace
+from retrofit.sampling.plumbing import (
     TokenRows,
-    TraceStep,
     _accepts_logits_positions,
     _as_rows,
     _batches,
     _call_model,
     _check_common,
     _config_value,
-    _mdm_trace,
     _model_device,
     _progress_bar,
     _row_generator,
     _stream_ids,
 )
+from retrofit.sampling.results import MDMSamplingResult, TraceStep
 
 __all__ = ["DREAM_ALGORITHMS", "dream_generate", "filter_logits"]
 
