@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--allow-eos", action="store_true",
                           help="FlexMDM: allow emitting the EOS id even where it equals pad")
     sampling.add_argument("--fixed-buffer", action="store_true", help="FlexMDM: full buffer")
+    sampling.add_argument("--insertion-draw", choices=["binomial", "poisson"], default="binomial",
+                          help="FlexMDM: how insertions are drawn (binomial: exact as rates become "
+                          "exact; poisson: the paper's)")
+    sampling.add_argument("--unmask-threshold", type=float, default=None,
+                          help="FlexMDM fast mode: also commit every mask this confident")
+    sampling.add_argument("--jump-insertions", type=float, default=None,
+                          help="FlexMDM fast mode: with nothing to unmask, jump ahead while at most "
+                          "this many insertions are expected")
+    sampling.add_argument("--prefix-cache", action="store_true",
+                          help="FlexMDM fast mode: reuse the prompt's keys/values (approximate)")
+    sampling.add_argument("--prefix-cache-refresh", type=int, default=None,
+                          help="FlexMDM: recompute the reused prompt keys/values every N forwards")
     sampling.add_argument("--gen-length", type=int, default=256, help="MDM")
     sampling.add_argument("--block-length", type=int, default=None, help="MDM (default: gen-length)")
     sampling.add_argument("--remasking", default="low_confidence",
@@ -156,7 +168,10 @@ def sampling_settings(args: argparse.Namespace, pipeline: Any) -> dict[str, Any]
     return {**common, "confidence": args.confidence, "top_p": args.top_p,
             "window_alpha": args.window_alpha, "max_window": args.max_window,
             "max_length": args.max_length, "stop_threshold": args.stop_threshold,
-            "forbid_token_ids": forbid, "fixed_buffer": args.fixed_buffer}
+            "forbid_token_ids": forbid, "fixed_buffer": args.fixed_buffer,
+            "insertion_draw": args.insertion_draw, "unmask_threshold": args.unmask_threshold,
+            "jump_insertions": args.jump_insertions, "prefix_cache": args.prefix_cache,
+            "prefix_cache_refresh": args.prefix_cache_refresh}
 
 
 def cli_main(argv: list[str] | None = None) -> int:
