@@ -44,6 +44,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/fast_sampling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
