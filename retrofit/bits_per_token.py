@@ -42,26 +42,21 @@ def _read_records(path: Path, limit: int | None) -> list[dict[str, str]]:
     """The JSONL records of ``path`` (``prompt``/``response`` or ``text``), first ``limit``."""
     if not path.is_file():
         raise FileNotFoundError(f"--data {path} does not exist")
+    from retrofit.evaluation.benchmarks.base import numbered_jsonl
+
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
-            if isinstance(record.get("text"), str):
-                records.append({"prompt": None, "response": record["text"]})
-            elif isinstance(record.get("response"), str):
-                records.append({"prompt": record.get("prompt") or "", "response": record["response"]})
-            else:
-                raise ValueError(  # noqa: TRY004 - a bad input file, not a programming error
-                    f"{path}:{number}: expected {{\"prompt\", \"response\"}} or {{\"text\"}}, got "
-                    f"keys {sorted(record)}"
-                )
-            if limit is not None and len(records) >= limit:
-                break
+    for number, record in numbered_jsonl(path):  # a line that is not a JSON object names file:line
+        if isinstance(record.get("text"), str):
+            records.append({"prompt": None, "response": record["text"]})
+        elif isinstance(record.get("response"), str):
+            records.append({"prompt": record.get("prompt") or "", "response": record["response"]})
+        else:
+            raise ValueError(  # noqa: TRY004 - a bad input file, not a programming error
+                f"{path}:{number}: expected {{\"prompt\", \"response\"}} or {{\"text\"}}, got "
+                f"keys {sorted(record)}"
+            )
+        if limit is not None and len(records) >= limit:
+            break
     if not records:
         raise ValueError(f"{path} holds no records")
     return records
