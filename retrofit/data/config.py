@@ -35,7 +35,7 @@ _ALLOWED_ROLES: dict[str, tuple[str, ...]] = {
     "pretrain": ("text",),
     "sft": ("prompt", "response", "messages"),
     "gsm8k": ("question", "answer"),
-    "infill": ("instruction", "output"),
+    "infill": ("instruction", "output", "prefix", "suffix"),
 }
 
 
@@ -131,7 +131,10 @@ class DataConfig:
         objective: "flexmdm" (markers layout, middle unprotected) | "mdm" (PSM prompt, middle as
             response). The trainer sets it from its own objective.
         infill_span: "lines" (cut at line boundaries; single-line outputs fall back to "chars") |
-            "chars".
+            "chars". Not used for records that carry their own split (``fields`` maps the roles
+            ``prefix`` and ``suffix`` to columns: the output is then the middle, and prefix,
+            suffix and instruction may be empty; an empty prefix and suffix is plain generation in
+            the infilling layout).
         infill_markers: (start, end) boundary marker strings around the middle (flexmdm).
         add_marker_tokens: add missing markers to the tokenizer as special tokens (in place).
         infill_instruction: one instruction for every infill record instead of its own (the
@@ -233,6 +236,11 @@ class DataConfig:
             if not isinstance(column, str) or not column:
                 raise TypeError(f"data.fields.{role} must be a column name, got {column!r}")
         self.fields = dict(self.fields)
+        if self.kind == "infill" and ("prefix" in self.fields) != ("suffix" in self.fields):
+            raise ValueError(
+                "data.fields: an infill record's own split needs both roles prefix and suffix "
+                f"(got {sorted(self.fields)})"
+            )
         self.infill_markers = check_layout_fields(
             self.chat_template, self.infill_markers, self.response_suffix, self.psm_template
         )

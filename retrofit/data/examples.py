@@ -220,14 +220,18 @@ class _RecordProcessor:
 
     # ---- field access ----
 
-    def _text(self, record: Mapping[str, Any], role: str) -> str:
+    def _text(self, record: Mapping[str, Any], role: str, *, allow_empty: bool = False) -> str:
+        """The text of ``role`` in ``record``; ``allow_empty``: a missing, null or empty field
+        reads as "" instead of skipping the record."""
         column = self.fields[role]
         if column not in record or record[column] is None:
+            if allow_empty:
+                return ""
             raise _Skip("missing_field", f"field {column!r} ({role}) is missing")
         value = record[column]
         if not isinstance(value, str):
             raise _Skip("bad_type", f"field {column!r} ({role}) is {type(value).__name__}, not str")
-        if not value.strip():
+        if not value.strip() and not allow_empty:
             raise _Skip("empty", f"field {column!r} ({role}) is empty")
         return value
 
@@ -307,9 +311,17 @@ class _RecordProcessor:
     def infill(self, record: Mapping[str, Any], stats: DataStats, epoch: int) -> dict[str, Any]:
         """One infilling example (flexmdm marker layout or mdm PSM layout)."""
         cfg = self.cfg
-        instruction = self._text(record, "instruction")
-        output = self._text(record, "output")
-        instruction, prefix, middle, suffix = split_infill_record(cfg, instruction, output, epoch)
+        if "prefix" in self.fields:  # the record carries its own split (DataConfig.infill_span)
+            middle = self._text(record, "output")
+            instruction, prefix, suffix = (
+                self._text(record, role, allow_empty=True) for role in ("instruction", "prefix", "suffix")
+            )
+        else:
+            instruction = self._text(record, "instruction")
+            output = self._text(record, "output")
+            instruction, prefix, middle, suffix = split_infill_record(
+                cfg, instruction, output, epoch
+            )
 
         def layout(suffix_text: str) -> dict[str, Any]:
             return build_infill_example(
