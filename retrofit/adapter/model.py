@@ -64,7 +64,7 @@ from .checkpoint import (
     resolve_backbone_dir,
     resolve_checkpoint_dir,
 )
-from .modules import BlockModulation, InsertionHead, TimeEmbedding
+from .modules import BlockModulation, InsertionHead, LengthPosteriorHead, TimeEmbedding
 from .spec import AdapterSpec, RetrofitConfig
 
 # peft wraps the backbone as PeftModel(base_model=LoraModel(model=backbone)).
@@ -375,6 +375,7 @@ def _retrofit_config(
         unmasking_schedule=get_schedule(spec.schedules.unmasking).spec,
         head_scale=spec.head.scale,
         head_init_gap=spec.head.init_gap,
+        head_length_posterior=spec.head.length_posterior,
         group_size=spec.time_conditioning.group_size,
         conditioned_norms=list(spec.time_conditioning.norms),
         time_embedding_dim=spec.time_conditioning.embedding_dim or d_model,
@@ -427,9 +428,15 @@ class FlexMDM(nn.Module):
                 device=device,
             )
             self.modulation = BlockModulation(d_model, n_layers, config.group_size, device=device)
-            self.insertion_head = InsertionHead(
-                d_model, scale=config.head_scale, init_gap=config.head_init_gap, device=device
-            )
+            if config.head_length_posterior:
+                self.insertion_head = LengthPosteriorHead(
+                    d_model, scale=config.head_scale, init_gap=config.head_init_gap,
+                    max_length=config.max_length, device=device,
+                )  # fmt: skip
+            else:
+                self.insertion_head = InsertionHead(
+                    d_model, scale=config.head_scale, init_gap=config.head_init_gap, device=device
+                )
         self._insertion_schedule = get_schedule(config.insertion_schedule)
         self._unmasking_schedule = get_schedule(config.unmasking_schedule)
 
@@ -619,6 +626,11 @@ class FlexMDM(nn.Module):
     def time_modulation(self, t: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """t (B,) or scalar -> per-block (scale (B, d), shift (B, d)) in float32."""
         assert self.time_embedding is not None and self.modulation is not None
+        conditioning = self.time_embedding(self._time_vector(t, batch_size))  # (B, d)
+        return self.modulation(conditioning)
+
+    def _time_vector(self, t: Tensor | float, batch_size: int) -> Tensor:
+        """t (B,) or scalar -> (B,) float32 on the model's device."""
         if not isinstance(t, Tensor):
             t = torch.tensor(float(t))
         t = t.to(device=self.device, dtype=torch.float32)
@@ -628,8 +640,7 @@ class FlexMDM(nn.Module):
             raise ValueError(
                 f"t must have shape (B,) = ({batch_size},) or be a scalar, got {tuple(t.shape)}"
             )
-        conditioning = self.time_embedding(t)  # (B, d)
-        return self.modulation(conditioning)
+        return t
 
     def forward(
         self,
@@ -700,7 +711,12 @@ class FlexMDM(nn.Module):
         gaps = None
         if self.insertion_head is not None:
             assert lengths is not None
-            gaps = self._slot_gaps(self.insertion_head(hidden), lengths)  # (B, L+1)
+            if isinstance(self.insertion_head, LengthPosteriorHead):
+                alpha = self.insertion_schedule.at(self._time_vector(t, batch_size))  # (B,)
+                position_gaps = self.insertion_head(hidden, lengths, alpha)  # (B, L+1)
+            else:
+                position_gaps = self.insertion_head(hidden)  # (B, L+1)
+            gaps = self._slot_gaps(position_gaps, lengths)  # (B, L+1)
             slots = torch.arange(seq_len + 1, device=gaps.device)
             valid = slots[None, :] <= lengths.to(gaps.device)[:, None]  # (B, L+1) slots 0..l
             gaps = torch.where(valid, gaps, torch.zeros((), dtype=gaps.dtype, device=gaps.device))

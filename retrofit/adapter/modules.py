@@ -171,6 +171,104 @@ class InsertionHead(nn.Module):
             return F.softplus(raw) * self.scale
 
 
+class LengthPosteriorHead(InsertionHead):
+    """Insertion head whose row total is a posterior mean over the final length
+    (``head.length_posterior: true``; off = the paper's :class:`InsertionHead`).
+
+    The paper's head predicts each slot's gap from that slot alone, so the row's total is a sum of
+    ``l + 1`` per-slot predictions: every slot must infer the current length l and the time by
+    itself, and small per-slot biases add up over the row. The quantity the total must learn,
+    ``E[L - l | x_t]``, is a step function of (l, t) with jumps between the modes of the length
+    distribution, which an MLP fits slowly. Under the FlexMDM forward process each answer token
+    is present at time t independently with probability ``alpha(t)``, so with ``P`` context
+    (protected) tokens and a prior ``q(L)`` over the final row length the posterior is
+
+        log q(L | l, t) = prior_L + log C(L - P, l - P) + (L - l) log(1 - alpha(t)) + const,  L >= l
+
+    and the row total is ``T = sum_L q(L | l, t) (L - l)``. This head learns the parts that depend
+    on the data and keeps that structure::
+
+        s_j, c_j = Linear(d, 2)(GELU(Linear(d, d)(LayerNorm(h_j))))   per position j
+        pi_j     = softmax over the l + 1 slots of s_j                 how T is shared
+        P        = sum_{j < l} sigmoid(c_j)                            context tokens (learned)
+        prior_L  = Linear(d, max_length + 1)(GELU(Linear(d, d)(LayerNorm(mean_j h_j))))
+        ghat_j   = T * pi_j
+
+    so it can represent the Bayes-optimal count exactly for any length distribution (conditioned
+    on the row's content through ``prior_L`` and ``P``). Initialisation: the slot scores and the
+    prior's last Linear start at zero (uniform shares, uniform prior over ``[l, max_length]``);
+    ``init_gap`` is not used. Measured in docs/demo.md.
+    """
+
+    def __init__(
+        self,
+        model_dim: int,
+        scale: float = 1024.0,
+        init_gap: float = 1.0,
+        max_length: int = 1024,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(model_dim, scale=scale, init_gap=init_gap, device=device)
+        factory = {"device": device, "dtype": torch.float32}
+        self.max_length = int(max_length)
+        self.out = nn.Linear(model_dim, 2, **factory)  # (slot score, context score) per position
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.prior_norm = nn.LayerNorm(model_dim, **factory)
+        self.prior_proj = nn.Linear(model_dim, model_dim, **factory)
+        self.prior_out = nn.Linear(model_dim, self.max_length + 1, **factory)
+        nn.init.zeros_(self.prior_out.weight)
+        nn.init.zeros_(self.prior_out.bias)
+
+    def forward(  # type: ignore[override]
+        self, hidden: Tensor, lengths: Tensor | None = None, alpha: Tensor | None = None
+    ) -> Tensor:
+        """hidden (B, S, d) final hidden states, lengths (B,) = l (positions 0..l are the slots),
+        alpha (B,) = alpha(t) -> (B, S) float32 expected gaps (>= 0, zero beyond position l)."""
+        if lengths is None or alpha is None:
+            raise ValueError("a length-posterior insertion head needs the row lengths and alpha(t)")
+        _, width, _ = hidden.shape
+        with autocast_disabled(hidden.device):
+            states = hidden.to(self.proj.weight.dtype)  # (B, S, d)
+            lengths = lengths.to(hidden.device, torch.long)
+            positions = torch.arange(width, device=hidden.device)
+            slots = positions[None, :] <= lengths[:, None]  # (B, S) positions 0..l
+            tokens = positions[None, :] < lengths[:, None]  # (B, S) positions 0..l-1
+            features = self.act(self.proj(self.norm(states)))  # (B, S, d)
+            scores = F.linear(features.float(), self.out.weight.float(), self.out.bias.float())
+            shares = torch.softmax(scores[..., 0].masked_fill(~slots, float("-inf")), dim=-1)
+            context = (torch.sigmoid(scores[..., 1]) * tokens).sum(dim=-1)  # (B,) P
+            weights = slots.to(states.dtype)[..., None]  # (B, S, 1)
+            pooled = (states * weights).sum(dim=1) / weights.sum(dim=1)  # (B, d)
+            prior = self.prior_out(self.act(self.prior_proj(self.prior_norm(pooled)))).float()
+            total = posterior_missing(prior, lengths, context, alpha.to(hidden.device))  # (B,)
+            return total[:, None] * shares  # (B, S)
+
+
+def posterior_missing(prior: Tensor, lengths: Tensor, context: Tensor, alpha: Tensor) -> Tensor:
+    """``sum_L q(L | l, t) (L - l)`` for prior logits over the final length (B, M + 1), current
+    lengths l (B,), context counts P (B,, real, <= l) and alpha(t) (B,); returns (B,) float32.
+
+    ``q(L | l, t)`` is proportional to ``exp(prior_L) C(L - P, l - P) (1 - alpha)^(L - l)`` for
+    L >= l and zero below (see :class:`LengthPosteriorHead`); binomials of real arguments use
+    lgamma. Lengths beyond M get no mass, so a row at l = M expects nothing more.
+    """
+    support = torch.arange(prior.shape[1], device=prior.device, dtype=torch.float32)[None, :]
+    current = lengths.float()[:, None]  # (B, 1)
+    missing = (support - current).clamp_min(0.0)  # (B, M + 1)
+    answer_now = (current - context.float()[:, None]).clamp_min(0.0)  # (B, 1) l - P
+    log_choose = (
+        torch.lgamma(answer_now + missing + 1.0)
+        - torch.lgamma(answer_now + 1.0)
+        - torch.lgamma(missing + 1.0)
+    )  # log C(L - P, l - P) with L - P = (l - P) + (L - l)
+    absent = torch.log1p(-alpha.float().clamp(0.0, 1.0 - 1e-6))[:, None]  # (B, 1) log(1 - alpha)
+    logits = prior + log_choose + missing * absent  # (B, M + 1)
+    logits = logits.masked_fill(support < current, float("-inf"))
+    posterior = torch.softmax(logits, dim=-1)
+    return (posterior * missing).sum(dim=-1)
+
+
 def inverse_softplus(value: float) -> float:
     """x with softplus(x) = value (value > 0), stable for small and large values."""
     if value <= 0:

@@ -113,10 +113,16 @@ class HeadSpec:
 
     ``init_gap`` is the expected gap predicted for every slot at initialisation (the last Linear
     starts with zero weight and bias softplus^-1(init_gap / scale)).
+
+    ``length_posterior`` (off = the paper's head): the row's total is the posterior mean of the
+    missing count under a learned prior over the final length and the forward process's binomial
+    likelihood; the per-slot MLP only shares it among the slots
+    (:class:`retrofit.adapter.modules.LengthPosteriorHead`; why and what it measured: docs/demo.md).
     """
 
     scale: float = 1024.0
     init_gap: float = 1.0
+    length_posterior: bool = False
 
 
 @dataclass
@@ -410,6 +416,7 @@ class RetrofitConfig:
     bos_token_id: int | None = None
     stop_token_ids: list[int] | None = None
     logit_shift: int = 0
+    head_length_posterior: bool = False
     retrofit_version: str = RETROFIT_VERSION
     format_version: int = CONFIG_FORMAT_VERSION
 
