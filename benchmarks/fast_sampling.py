@@ -5,20 +5,20 @@
     python benchmarks/fast_sampling.py --checkpoint DIR --data DIR   # an existing demo FlexMDM
 
 The model is the demo's FlexMDM (``retrofit demo``): a tiny LLaDA pretrained as an MDM on
-balanced-bracket strings whose lengths follow {4: .1, 16: .4, 32: .4, 64: .1}, retrofitted and
+sorted letter strings whose lengths follow {4: .1, 16: .4, 32: .4, 64: .1}, retrofitted and
 fine-tuned with the FlexMDM objective. It is built by the demo's own stage functions
-(:func:`retrofit.demo.write_data`, :func:`retrofit.demo.run_pretrain`, then the FlexMDM arm's recipe
-through :func:`retrofit.train.train`) and cached under ``--cache-dir`` (keyed by the settings).
+(:mod:`retrofit.demo.stages`: ``write_data``, ``run_pretrain``, ``run_finetune`` for the FlexMDM
+arm through :func:`retrofit.train.train`) and cached under ``--cache-dir`` (keyed by the settings).
 ``--size small`` (default) trains a 2-block d_model 64 model for 300 + 300 steps, ``--size demo``
-the demo's own (4 blocks, d_model 128, 600 + 400 steps).
+the demo's own (3 blocks, d_model 64, 300 + 800 steps).
 
 Every mode samples the same prompts with the same seeds and batch size:
 
-- unconditional: ``--samples`` strings grown from BOS (temperature ``--temperature``, as the demo),
-  scored by length W1 against the data distribution (with a bootstrap 95 % interval) and validity
-  (% balanced, Wilson 95 % interval);
+- unconditional: ``--samples`` strings grown between the demo's markers (an infilling task with an
+  empty prefix and suffix; temperature ``--temperature``), scored by length W1 against the data
+  distribution (with a bootstrap 95 % interval) and validity (% sorted, Wilson 95 % interval);
 - infilling: ``--infill`` held-out strings with a middle removed, filled greedily, scored by
-  validity of prefix + middle + suffix (Wilson 95 % interval).
+  ``retrofit.demo.infill_ok`` (Wilson 95 % interval).
 
 Cost: forward passes per sample (each row's own count, ``result.steps``) and wall time (seconds
 per sample, sampling only, both benchmarks; the fastest of ``--repeats`` round-robin runs). The
@@ -31,7 +31,6 @@ infilling validity inside its Wilson intervals, W1 not above its interval's uppe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -46,9 +45,9 @@ from retrofit.sampling import FlexMDMSamplingConfig, flexmdm_generate
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> the fast options laid over the exact settings (steps, temperature, ...). The demo's
-# model rarely puts more than 0.8 on a bracket (two-letter alphabet), so Fast-dLLM's 0.9 never
-# fires and 0.6 / 0.5 are the thresholds that do anything here.
+# name -> the fast options laid over the exact settings (steps, temperature, ...). Measured on the
+# bracket demo (two-letter alphabet, which rarely put more than 0.8 on a token): Fast-dLLM's 0.9
+# never fired there and 0.6 / 0.5 were the thresholds that did anything.
 MODES: dict[str, dict[str, Any]] = {
     "exact": {},
     "threshold0.9": {"unmask_threshold": 0.9},
@@ -67,9 +66,11 @@ REFERENCES: dict[str, dict[str, Any]] = {"exact-16-steps": {"steps": 16}}
 
 @dataclass
 class Workload:
-    """What every mode samples: prompt ids, infilling prefixes / suffixes and their texts."""
+    """What every mode samples: the plain prompt and suffix (the demo's markers around an empty
+    middle), infilling prefixes / suffixes and their texts."""
 
-    bos: list[int]
+    plain_prefix: list[int]
+    plain_suffix: list[int]
     encode: dict[str, int]
     forbidden: list[int]
     unconditional: int
@@ -96,46 +97,38 @@ SIZES = {
 
 def build_checkpoint(cache_dir: Path, size: str, seed: int) -> tuple[Path, Path]:
     """Train (or reuse) the demo's FlexMDM arm at ``size``; returns (checkpoint dir, data dir)."""
-    from retrofit import demo
-    from retrofit.config import load_config
-    from retrofit.train import train
+    import dataclasses
 
-    settings = demo.DemoSettings.quick(seed) if size == "smoke" else demo.DemoSettings.full(seed)
-    for name, value in SIZES[size].items():
-        setattr(settings, name, value)
-    settings.progress = False
-    paths = demo.DemoPaths(cache_dir / size / f"seed{seed}")
+    from retrofit import demo
+    from retrofit.demo import stages
+
+    settings = demo.DemoSettings.quick(seed, 1) if size == "smoke" else demo.DemoSettings.full(seed, 1)
+    settings = dataclasses.replace(settings, progress=False, **SIZES[size])
+    root = demo.DemoPaths(cache_dir / size / f"seed{seed}")
+    paths = root.seed(seed)
     if not (paths.data / "data_info.json").is_file():
         print(f"[fast_sampling] writing the demo data -> {paths.data}", flush=True)
-        demo.write_data(paths, settings)
-    pretrained = Path(demo.run_pretrain(paths, settings, force=False)["final"])
-    key = hashlib.sha256(json.dumps(
-        [str(pretrained), demo.finetune_overrides(paths, settings, pretrained, Path("x"))],
-    ).encode()).hexdigest()[:12]
-    output_dir = paths.cache / f"flexmdm-{key}"
-    final = output_dir / "final"
-    if not (final / "retrofit_config.json").is_file():
-        print(f"[fast_sampling] fine-tuning the FlexMDM arm ({settings.finetune_steps} steps) "
-              f"-> {output_dir}", flush=True)
-        overrides = demo.finetune_overrides(paths, settings, pretrained, output_dir)
-        train(load_config(REPO / demo.RECIPES["flexmdm"], overrides),
-              recipe_path=demo.RECIPES["flexmdm"])
-    return final, paths.data
+        stages.write_data(paths, settings, seed)
+    base = stages.run_pretrain(root, paths, settings, seed, force=False)
+    plans = stages.run_finetune(root, paths, settings, seed, base, force=False, arms=["flexmdm"])
+    return Path(plans["flexmdm"]["final"]), paths.data
 
 
 def load_workload(model: Any, data_dir: Path, samples: int, infill: int) -> Workload:
     """The demo's tokens (from the tokenizer's vocabulary) and held-out infilling tasks."""
+    from retrofit.demo import ALPHABET
+
     vocab = json.loads((data_dir / "data_info.json").read_text())["vocab"]
-    bos = [vocab["<|bos|>"]]
-    encode = {"(": vocab["("], ")": vocab[")"]}
-    with (data_dir / "infill.jsonl").open(encoding="utf-8") as handle:
+    bos, start, end = vocab["<|bos|>"], vocab["<|mid|>"], vocab["<|suf|>"]
+    encode = {letter: vocab[letter] for letter in ALPHABET}
+    with (data_dir / "eval_infill.jsonl").open(encoding="utf-8") as handle:
         tasks = [json.loads(line) for line in handle if line.strip()][:infill]
     return Workload(
-        bos=bos, encode=encode,
-        forbidden=[model.mask_token_id, model.pad_token_id, bos[0]],
+        plain_prefix=[bos, start], plain_suffix=[end], encode=encode,
+        forbidden=[model.mask_token_id, model.pad_token_id, bos, start, end],
         unconditional=samples,
-        infill_prefixes=[bos + [encode[c] for c in task["prefix"]] for task in tasks],
-        infill_suffixes=[[encode[c] for c in task["suffix"]] for task in tasks],
+        infill_prefixes=[[bos, *(encode[c] for c in task["prefix"]), start] for task in tasks],
+        infill_suffixes=[[end, *(encode[c] for c in task["suffix"])] for task in tasks],
         infill_texts=[(task["prefix"], task["suffix"]) for task in tasks],
     )
 
@@ -148,7 +141,7 @@ def load_workload(model: Any, data_dir: Path, samples: int, infill: int) -> Work
 def run_mode(model: Any, work: Workload, settings: dict[str, Any], args: argparse.Namespace
              ) -> dict[str, Any]:
     """Sample both benchmarks under one configuration; returns quality and cost figures."""
-    from retrofit.demo import LENGTH_DISTRIBUTION, is_balanced
+    from retrofit.demo import LENGTH_DISTRIBUTION, infill_ok, is_valid
     from retrofit.evaluation.stats import wilson_interval
 
     inverse = {index: text for text, index in work.encode.items()}
@@ -156,16 +149,18 @@ def run_mode(model: Any, work: Workload, settings: dict[str, Any], args: argpars
               "forbid_token_ids": work.forbidden, "max_length": 128}
     settings = {"steps": args.steps, **settings}
     start = time.perf_counter()
-    free = flexmdm_generate(model, [work.bos] * work.unconditional, config=FlexMDMSamplingConfig(
-        temperature=args.temperature, **settings), **common)
+    free = flexmdm_generate(model, [work.plain_prefix] * work.unconditional,
+                            suffixes=[work.plain_suffix] * work.unconditional,
+                            config=FlexMDMSamplingConfig(temperature=args.temperature, **settings),
+                            **common)
     filled = flexmdm_generate(model, work.infill_prefixes, suffixes=work.infill_suffixes,
                               config=FlexMDMSamplingConfig(**settings),
                               **{**common, "seed": args.seed + 1})
     seconds = time.perf_counter() - start
     texts = ["".join(inverse.get(i, "?") for i in ids) for ids in free.sequences]
-    valid = sum(is_balanced(text) for text in texts)
-    infill_ok = sum(
-        is_balanced(prefix + "".join(inverse.get(i, "?") for i in ids) + suffix)
+    valid = sum(is_valid(text) for text in texts)
+    filled_ok = sum(
+        infill_ok(prefix, "".join(inverse.get(i, "?") for i in ids), suffix)
         for ids, (prefix, suffix) in zip(filled.sequences, work.infill_texts)
     )
     lengths = free.lengths
@@ -176,8 +171,8 @@ def run_mode(model: Any, work: Workload, settings: dict[str, Any], args: argpars
         "mean_length": float(lengths.double().mean()),
         "valid": valid / work.unconditional,
         "valid_interval": wilson_interval(valid, work.unconditional),
-        "infill": infill_ok / len(work.infill_prefixes),
-        "infill_interval": wilson_interval(infill_ok, len(work.infill_prefixes)),
+        "infill": filled_ok / len(work.infill_prefixes),
+        "infill_interval": wilson_interval(filled_ok, len(work.infill_prefixes)),
         "forwards_per_sample": float(torch.cat([free.steps, filled.steps]).double().mean()),
         "batch_forwards": free.num_forward_passes + filled.num_forward_passes,
         "seconds_per_sample": seconds / rows,
