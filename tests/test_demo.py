@@ -211,6 +211,8 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
             assert [s["correct"] for s in samples] == [is_valid(s["generated"]) for s in samples]
             lengths = [s["generated_tokens"] for s in samples]
             assert entry["length_w1"] == pytest.approx(length_w1(lengths))
+            low, high = entry["length_w1_interval"]
+            assert 0 <= low <= high
             assert entry["valid"]["value"] == pytest.approx(100 * sum(s["correct"] for s in samples) / 24)
             infill = [json.loads(line) for line in (run / "infill" / "samples.jsonl").read_text().splitlines()]
             assert len(infill) == 16

@@ -18,7 +18,8 @@ For every seed, using only the toolkit's public pieces:
 3. **Fine-tune both arms for the same budget** through ``retrofit.train``: the FlexMDM retrofit
    (``demo-flexmdm.yaml``, ``adapters/demo.yaml``) and the MDM baseline (``demo-mdm.yaml``, PSM
    infilling layout, EOS-padded); an arm trained with the same settings is reused.
-4. **Choose decoding settings** (:mod:`.decoding`) for each arm by one rule on held-out strings.
+4. **Choose decoding settings** (:mod:`.decoding`) for each arm by one rule on the first seed's
+   held-out strings; every seed is evaluated with them.
 5. **Evaluate** (:mod:`.scoring`) with the eval runner through the inference pipeline: length W1
    against the exact length law, validity and infilling with 95% intervals, and the FlexMDM head
    against the Bayes-optimal count.

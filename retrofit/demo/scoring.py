@@ -21,7 +21,7 @@ from typing import Any
 from .decoding import BENCHMARKS, sampler_settings, special_ids
 from .settings import ARM_TITLES, DemoSettings, SeedPaths
 from .stages import log, read_jsonl
-from .task import bayes_expected_missing, infill_ok, is_valid, length_w1
+from .task import bayes_expected_missing, infill_ok, is_valid, length_w1, length_w1_interval
 
 __all__ = ["bayes_check", "check_infill", "check_unconditional", "eval_spec", "evaluate_arm"]
 
@@ -102,6 +102,7 @@ def evaluate_arm(arm: str, paths: SeedPaths, settings: DemoSettings, seed: int,
     return {
         "seed": seed,
         "length_w1": length_w1(lengths),
+        "length_w1_interval": list(length_w1_interval(lengths, seed)),
         "mean_length": sum(lengths) / len(lengths),
         "valid": _interval(plain),
         "infill": _interval(infill),

@@ -17,7 +17,7 @@ class DemoSettings:
     """Sizes of one demo run. ``full()`` is ``retrofit demo``, ``quick()`` the test-size run.
 
     Seeds: ``seed``, ``seed + 1``, ... (``num_seeds`` of them); each seed draws its own data,
-    pretrains its own MDM and fine-tunes, selects and evaluates both arms. Model: a LLaDA with
+    pretrains its own MDM, fine-tunes and evaluates both arms. Model: a LLaDA with
     ``d_model``, ``n_layers`` blocks of ``n_heads`` heads and an MLP of ``mlp_hidden_size``.
     Training: steps / micro-batch / lr of the pretraining and of each fine-tuning arm (the same
     budget for both); ``infill_share`` of the fine-tuning records are infilling tasks.

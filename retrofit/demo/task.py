@@ -29,6 +29,7 @@ __all__ = [
     "infill_ok",
     "is_valid",
     "length_w1",
+    "length_w1_interval",
     "make_infill_tasks",
     "sample_strings",
 ]
@@ -136,6 +137,17 @@ def length_w1(lengths: Sequence[int], distribution: Mapping[int, float] = LENGTH
         expected += distribution.get(value, 0.0)
         total += abs(generated - expected)
     return total
+
+
+def length_w1_interval(lengths: Sequence[int], seed: int = 0, resamples: int = 400,
+                       distribution: Mapping[int, float] = LENGTH_DISTRIBUTION) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of :func:`length_w1` (resampling the generated lengths)."""
+    rng = random.Random(seed)
+    values = sorted(
+        length_w1([lengths[rng.randrange(len(lengths))] for _ in lengths], distribution)
+        for _ in range(resamples)
+    )
+    return values[int(0.025 * (resamples - 1))], values[int(0.975 * (resamples - 1))]
 
 
 def bayes_expected_missing(
