@@ -117,11 +117,12 @@ def checkpoints(tmp_path_factory):
     backbone = LLaDAModelLM(tiny_llada_config(vocab_size=len(tokenizer), **ids))
     backbone.save_pretrained(root / "base")
     torch.manual_seed(0)
-    mdm = FlexMDM.retrofit(str(root / "base"), "demo-brackets", kind="mdm", max_length=32, **ids)
+    spec = {"lora": None, "full_finetune": True, "max_length": 32}  # tiny, fully fine-tuned
+    mdm = FlexMDM.retrofit(str(root / "base"), "tiny-llada", kind="mdm", **spec, **ids)
     _train(mdm, tokenizer, "mdm", 250, 3e-3)
     torch.manual_seed(0)
     flexmdm = FlexMDM.retrofit(
-        copy.deepcopy(mdm.lm), "demo-brackets", kind="flexmdm", max_length=32, **ids
+        copy.deepcopy(mdm.lm), "tiny-llada", kind="flexmdm", **spec, **ids
     )
     _train(flexmdm, tokenizer, "flexmdm", 400, 1e-3)
     paths = {"mdm": mdm.save_pretrained(root / "mdm"), "flexmdm": flexmdm.save_pretrained(root / "flexmdm")}
