@@ -1,8 +1,8 @@
 """`retrofit bpt`: bits per token (variational bound) of checkpoints on held-out data, side by side.
 
     retrofit bpt --model runs/flexmdm/final --model runs/mdm/final --data heldout.jsonl
-    retrofit bpt --model demo_output/flexmdm/final --model demo_output/mdm/final \\
-        --data demo_output/data/heldout.jsonl --mdm-canvas 64 --limit 200 --output bpt.json
+    retrofit bpt --model runs/flexmdm/final --model runs/mdm/final --data heldout.jsonl \\
+        --mdm-canvas 64 --limit 200 --output bpt.json
 
 The paper's perplexity claim (a FlexMDM matches the MDM it came from) at any scale. Records are
 JSONL: ``{"prompt": ..., "response": ...}`` (the response is scored given the prompt, rendered in
