@@ -45,9 +45,8 @@ from retrofit.sampling import FlexMDMSamplingConfig, flexmdm_generate
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> the fast options laid over the exact settings (steps, temperature, ...). Measured on the
-# bracket demo (two-letter alphabet, which rarely put more than 0.8 on a token): Fast-dLLM's 0.9
-# never fired there and 0.6 / 0.5 were the thresholds that did anything.
+# name -> the fast options laid over the exact settings (steps, temperature, ...): Fast-dLLM's 0.9
+# and the lower thresholds that fired on the previous demo's bracket model (never confident).
 MODES: dict[str, dict[str, Any]] = {
     "exact": {},
     "threshold0.9": {"unmask_threshold": 0.9},
