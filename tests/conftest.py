@@ -25,6 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Every test module starts with one torch thread, whatever a module before it set (the
+    benchmark smoke runs take ``--threads``), and the count is restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shared_data(*parts: str) -> Path:
     """A file or folder of the offline benchmark data in ``../shared/data``; skips the test with
     what to do when the shared folder is not beside the repository (CI always has it)."""

@@ -163,15 +163,6 @@ def _deterministic_inputs() -> None:
     torch.manual_seed(1234)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: one intra-op thread is faster than two, and much faster on a busy machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> tuple[Path, LLaDAModelLM]:
     model = random_model()

@@ -122,15 +122,6 @@ class StubMDM(nn.Module):
         return self.table[torch.arange(width)][None] + self.table[content][:, None]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tiny workloads gain nothing from more and suffer on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _prompts(count: int, first_token: int = 0) -> list[list[int]]:
     """Distinct prompts of different lengths; the first token identifies the prompt."""
     return [[(first_token + i) % 13] + [(3 * i + j) % 13 for j in range(i % 5)] for i in range(count)]
@@ -554,3 +545,25 @@ def test_live_equals_fixed_on_tiny_flexmdm(tiny_checkpoint):
     fixed = flexmdm_generate(model, prompts, fixed_buffer=True, **kwargs)
     assert live.sequences == fixed.sequences
     assert live.lengths.sum() > 0
+
+
+@pytest.mark.parametrize("sampler", ["llada", "dream"])
+def test_canvas_samplers_share_one_prompt_check(sampler):
+    """Both MDM samplers refuse, with the same one-line reason, a prompt holding the mask id, a
+    prompt plus canvas longer than max_length, and a model without mask/pad ids."""
+    from retrofit.sampling.dream import dream_generate
+
+    def run(model, prompts):
+        if sampler == "llada":
+            return mdm_generate(model, prompts, gen_length=8, block_length=8, steps=8)
+        return dream_generate(model, prompts, gen_length=8, steps=8)
+
+    with pytest.raises(ValueError, match=f"prompt 1 contains the mask token id {MASK}"):
+        run(StubMDM(), [[1, 2], [3, MASK]])
+    with pytest.raises(ValueError, match="longest prompt plus gen_length is 12 tokens, more than "
+                                          "the model's max_length=10"):
+        run(StubMDM(max_length=10), [[1, 2, 3, 4], [1]])
+    anonymous = StubMDM()
+    anonymous.config.mask_token_id = None
+    with pytest.raises(ValueError, match="mask/pad token ids unknown"):
+        run(anonymous, [[1, 2]])

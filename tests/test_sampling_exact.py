@@ -19,14 +19,6 @@ from retrofit.sampling.oracle import LengthOracle, length_w1
 LENGTHS = {4: 0.1, 16: 0.4, 32: 0.4, 64: 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _lengths(steps: int, samples: int, seed: int, **settings) -> torch.Tensor:
     result = flexmdm_generate(LengthOracle(LENGTHS), [[0]] * samples, steps=steps, seed=seed,
                               progress=False, **settings)

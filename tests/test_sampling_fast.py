@@ -16,14 +16,6 @@ from retrofit.schedules import get_schedule
 LENGTHS = {4: 0.1, 16: 0.4, 32: 0.4, 64: 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_flexmdm():
     """A tiny random LLaDA FlexMDM whose time modulation is not the identity (random weights), so

@@ -36,15 +36,6 @@ GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 QUIET = ["logging.progress_bar=false", f"data.path={GSM8K}"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread synchronisation costs more than it saves (10-40x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Each run builds its own Accelerator (mixed precision differs between tests)."""

@@ -137,8 +137,9 @@ def score_setting(arm: str, index: int, paths: SeedPaths, settings: DemoSettings
 
     plan = _plan(arm, settings, seed, identity)
     path = _setting_file(paths, arm, index)
-    if path.is_file() and json.loads(path.read_text()).get("plan") == plan:
-        return json.loads(path.read_text())
+    cached = json.loads(path.read_text()) if path.is_file() else None
+    if cached is not None and cached.get("plan") == plan:
+        return cached
     setting = plan["grid"][index]
     started = time.perf_counter()
     pipeline = Pipeline.from_pretrained(paths.arm(arm) / "final", device="cpu", dtype="float32")

@@ -46,6 +46,7 @@ from retrofit.sampling.plumbing import (
     _as_rows,
     _batches,
     _call_model,
+    _check_canvas_prompts,
     _check_common,
     _config_value,
     _model_device,
@@ -274,7 +275,7 @@ def dream_generate(
     _check_settings(gen_length, alg, eps, temperature, top_p, top_k)
     mask_id = _config_value(model, "mask_token_id", mask_token_id)
     pad_id = _config_value(model, "pad_token_id", pad_token_id)
-    _check_prompts(model, prompt_rows, mask_id, pad_id, gen_length)
+    _check_canvas_prompts(model, prompt_rows, mask_id, pad_id, gen_length)
     run_device = _model_device(model, device)
     forbidden = sorted({int(i) for i in forbid_token_ids}) if forbid_token_ids else []
     options = _DreamOptions(
@@ -361,33 +362,6 @@ def _check_settings(
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-
-
-def _check_prompts(
-    model: Any,
-    prompt_rows: list[list[int]],
-    mask_id: int | None,
-    pad_id: int | None,
-    gen_length: int,
-) -> None:
-    """The special ids are known, prompts are clean and fit the model's ``max_length``."""
-    if mask_id is None or pad_id is None:
-        raise ValueError(
-            "mask/pad token ids unknown: the model config has no mask_token_id/pad_token_id; "
-            "pass mask_token_id= and pad_token_id="
-        )
-    for index, prompt in enumerate(prompt_rows):
-        if mask_id in prompt:
-            raise ValueError(
-                f"prompt {index} contains the mask token id {mask_id}: prompts must be clean"
-            )
-    max_length = _config_value(model, "max_length", None)
-    longest = max(len(p) for p in prompt_rows) + gen_length
-    if max_length is not None and longest > max_length:
-        raise ValueError(
-            f"the longest prompt plus gen_length is {longest} tokens, more than the model's "
-            f"max_length={max_length}: shorten the prompt or lower gen_length"
-        )
 
 
 def _dream_batch(

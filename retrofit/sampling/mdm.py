@@ -25,6 +25,7 @@ from .plumbing import (
     _as_rows,
     _batches,
     _call_model,
+    _check_canvas_prompts,
     _check_prompt_count,
     _config_value,
     _model_device,
@@ -128,23 +129,7 @@ def _mdm_options(
     mask_id = _config_value(model, "mask_token_id", mask_token_id)
     pad_id = _config_value(model, "pad_token_id", pad_token_id)
     eos_id = _config_value(model, "eos_token_id", eos_token_id)
-    if mask_id is None or pad_id is None:
-        raise ValueError(
-            "mask/pad token ids unknown: the model config has no mask_token_id/pad_token_id; "
-            "pass mask_token_id= and pad_token_id="
-        )
-    for index, prompt in enumerate(prompt_rows):
-        if mask_id in prompt:
-            raise ValueError(
-                f"prompt {index} contains the mask token id {mask_id}: prompts must be clean"
-            )
-    max_length = _config_value(model, "max_length", None)
-    longest = max(len(p) for p in prompt_rows) + config.gen_length
-    if max_length is not None and longest > max_length:
-        raise ValueError(
-            f"the longest prompt plus gen_length is {longest} tokens, more than the model's "
-            f"max_length={max_length}: shorten the prompt or lower gen_length"
-        )
+    _check_canvas_prompts(model, prompt_rows, mask_id, pad_id, config.gen_length)
     run_device = _model_device(model, device)
     forbid = config.forbid_token_ids
     forbidden = {int(mask_id)} | ({int(i) for i in forbid} if forbid else set())

@@ -86,6 +86,34 @@ def _check_common(steps: int, batch_size: int | None, n_prompts: int) -> None:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
 
 
+def _check_canvas_prompts(
+    model: Any,
+    prompt_rows: list[list[int]],
+    mask_id: int | None,
+    pad_id: int | None,
+    gen_length: int,
+) -> None:
+    """For the fixed-canvas (MDM) samplers: the special ids are known, prompts are clean, and the
+    longest prompt plus the ``gen_length`` canvas fits the model's ``max_length``."""
+    if mask_id is None or pad_id is None:
+        raise ValueError(
+            "mask/pad token ids unknown: the model config has no mask_token_id/pad_token_id; "
+            "pass mask_token_id= and pad_token_id="
+        )
+    for index, prompt in enumerate(prompt_rows):
+        if mask_id in prompt:
+            raise ValueError(
+                f"prompt {index} contains the mask token id {mask_id}: prompts must be clean"
+            )
+    max_length = _config_value(model, "max_length", None)
+    longest = max(len(p) for p in prompt_rows) + gen_length
+    if max_length is not None and longest > max_length:
+        raise ValueError(
+            f"the longest prompt plus gen_length is {longest} tokens, more than the model's "
+            f"max_length={max_length}: shorten the prompt or lower gen_length"
+        )
+
+
 def _check_prompt_count(n_prompts: int) -> None:
     """At least one prompt (the settings themselves are checked by the sampler configs)."""
     if n_prompts == 0:
